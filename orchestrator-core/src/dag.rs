@@ -70,32 +70,44 @@ impl Dag {
         // and self-loops where they were written.
         let mut in_count = vec![0u32; n];
         let mut edges: Vec<(u32, u32)> = Vec::with_capacity(
-            spec.dag_definition.edges.len() + nodes.iter().map(|x| x.depends_on.len()).sum::<usize>(),
+            spec.dag_definition.edges.len()
+                + nodes.iter().map(|x| x.depends_on.len()).sum::<usize>(),
         );
-        let mut resolve = |from: &str, to: u32, path: String, problems: &mut Vec<Problem>| match ids.get(from) {
-            None => problems.push(Problem::new(
-                path,
-                ProblemCode::UnknownDependency,
-                format!("no node has id {from:?}"),
-            )),
-            Some(&f) if f == to => problems.push(Problem::new(
-                path,
-                ProblemCode::SelfLoop,
-                format!("node {from:?} depends on itself"),
-            )),
-            Some(&f) => {
-                edges.push((f, to));
-                in_count[to as usize] += 1;
-            }
-        };
+        let mut resolve =
+            |from: &str, to: u32, path: String, problems: &mut Vec<Problem>| match ids.get(from) {
+                None => problems.push(Problem::new(
+                    path,
+                    ProblemCode::UnknownDependency,
+                    format!("no node has id {from:?}"),
+                )),
+                Some(&f) if f == to => problems.push(Problem::new(
+                    path,
+                    ProblemCode::SelfLoop,
+                    format!("node {from:?} depends on itself"),
+                )),
+                Some(&f) => {
+                    edges.push((f, to));
+                    in_count[to as usize] += 1;
+                }
+            };
         for (i, node) in nodes.iter().enumerate() {
             for (j, dep) in node.depends_on.iter().enumerate() {
-                resolve(dep, i as u32, format!("/dag_definition/nodes/{i}/depends_on/{j}"), &mut problems);
+                resolve(
+                    dep,
+                    i as u32,
+                    format!("/dag_definition/nodes/{i}/depends_on/{j}"),
+                    &mut problems,
+                );
             }
         }
         for (k, edge) in spec.dag_definition.edges.iter().enumerate() {
             match ids.get(edge.to.as_str()) {
-                Some(&to) => resolve(&edge.from, to, format!("/dag_definition/edges/{k}/from"), &mut problems),
+                Some(&to) => resolve(
+                    &edge.from,
+                    to,
+                    format!("/dag_definition/edges/{k}/from"),
+                    &mut problems,
+                ),
                 None => problems.push(Problem::new(
                     format!("/dag_definition/edges/{k}/to"),
                     ProblemCode::UnknownDependency,
@@ -283,7 +295,10 @@ impl Dag {
 
     /// One longest path through the DAG, from a root to a sink.
     pub fn critical_path(&self) -> Vec<u32> {
-        let Some(mut v) = self.roots().max_by_key(|&r| (self.critical[r as usize], std::cmp::Reverse(r))) else {
+        let Some(mut v) = self
+            .roots()
+            .max_by_key(|&r| (self.critical[r as usize], std::cmp::Reverse(r)))
+        else {
             return Vec::new();
         };
         let mut path = vec![v];
@@ -306,7 +321,11 @@ impl Dag {
         }
         for from in 0..self.len() as u32 {
             for &to in self.successors(from) {
-                g.add_edge(NodeIndex::new(from as usize), NodeIndex::new(to as usize), ());
+                g.add_edge(
+                    NodeIndex::new(from as usize),
+                    NodeIndex::new(to as usize),
+                    (),
+                );
             }
         }
         g
@@ -322,7 +341,9 @@ fn report_cycles(
     succ: &[u32],
     problems: &mut Vec<Problem>,
 ) {
-    let stuck: Vec<u32> = (0..indeg.len() as u32).filter(|&i| indeg[i as usize] > 0).collect();
+    let stuck: Vec<u32> = (0..indeg.len() as u32)
+        .filter(|&i| indeg[i as usize] > 0)
+        .collect();
     let mut local = vec![u32::MAX; indeg.len()];
     let mut g: DiGraph<u32, ()> = DiGraph::with_capacity(stuck.len(), stuck.len());
     for &v in &stuck {
@@ -351,7 +372,10 @@ fn report_cycles(
     sccs.sort_unstable();
     for component in sccs.into_iter().take(MAX_REPORTED_CYCLES) {
         let cycle = shortest_cycle_through(component[0], &component, succ_off, succ);
-        let names: Vec<&str> = cycle.iter().map(|&i| spec.nodes()[i as usize].id.as_str()).collect();
+        let names: Vec<&str> = cycle
+            .iter()
+            .map(|&i| spec.nodes()[i as usize].id.as_str())
+            .collect();
         problems.push(Problem::new(
             format!("/dag_definition/nodes/{}", component[0]),
             ProblemCode::Cycle,
@@ -362,7 +386,12 @@ fn report_cycles(
 
 /// A shortest cycle from `start` back to itself, staying inside `component`
 /// (sorted). The path starts and ends with `start`.
-fn shortest_cycle_through(start: u32, component: &[u32], succ_off: &[u32], succ: &[u32]) -> Vec<u32> {
+fn shortest_cycle_through(
+    start: u32,
+    component: &[u32],
+    succ_off: &[u32],
+    succ: &[u32],
+) -> Vec<u32> {
     use std::collections::HashMap;
     let mut parent: HashMap<u32, u32> = HashMap::new();
     let mut queue = VecDeque::from([start]);

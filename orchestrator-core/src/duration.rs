@@ -43,7 +43,9 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 impl HumanDuration {
     /// Wraps a duration, truncated to whole milliseconds.
     pub fn new(d: Duration) -> Self {
-        Self(Duration::from_millis(d.as_millis().min(u128::from(u64::MAX)) as u64))
+        Self(Duration::from_millis(
+            d.as_millis().min(u128::from(u64::MAX)) as u64,
+        ))
     }
 
     /// A duration of `ms` milliseconds.
@@ -181,14 +183,21 @@ mod tests {
             (" 2s ", 2_000),
         ];
         for (input, ms) in cases {
-            assert_eq!(input.parse::<HumanDuration>().unwrap().as_millis(), ms, "{input}");
+            assert_eq!(
+                input.parse::<HumanDuration>().unwrap().as_millis(),
+                ms,
+                "{input}"
+            );
         }
     }
 
     #[test]
     fn rejects_garbage() {
         for input in ["", "s", "-1s", "1w", "1..2s", "1e999s", "abc", "10 parsecs"] {
-            assert!(input.parse::<HumanDuration>().is_err(), "{input:?} should fail");
+            assert!(
+                input.parse::<HumanDuration>().is_err(),
+                "{input:?} should fail"
+            );
         }
     }
 

@@ -3,10 +3,12 @@
 pub mod dag;
 pub mod duration;
 pub mod failure;
+pub mod journal;
 pub mod retry;
 pub mod runner;
 pub mod spec;
 pub mod state;
+pub mod store;
 pub mod time;
 pub mod validate;
 

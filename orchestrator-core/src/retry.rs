@@ -61,7 +61,10 @@ pub struct RetryDefaults {
 
 impl Default for RetryDefaults {
     fn default() -> Self {
-        Self { max_attempts: 3, max_delay: Duration::from_secs(300) }
+        Self {
+            max_attempts: 3,
+            max_delay: Duration::from_secs(300),
+        }
     }
 }
 
@@ -89,7 +92,11 @@ impl RetrySpec {
     }
 
     /// Compiles into a policy.
-    pub fn compile(&self, defaults: &RetryDefaults, policies: &PolicyRegistry) -> Result<Arc<dyn RetryPolicy>, ValidationErrors> {
+    pub fn compile(
+        &self,
+        defaults: &RetryDefaults,
+        policies: &PolicyRegistry,
+    ) -> Result<Arc<dyn RetryPolicy>, ValidationErrors> {
         let _ = (policies, defaults);
         Err(ValidationErrors(vec![]))
     }

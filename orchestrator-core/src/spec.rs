@@ -557,7 +557,10 @@ mod tests {
           }
         }"#;
         let spec = JobSpec::from_json(text).unwrap();
-        assert_eq!(spec.nodes()[0].heartbeat_timeout, Some(HumanDuration::from_secs(5)));
+        assert_eq!(
+            spec.nodes()[0].heartbeat_timeout,
+            Some(HumanDuration::from_secs(5))
+        );
         let again = JobSpec::from_json(&serde_json::to_string(&spec).unwrap()).unwrap();
         assert_eq!(spec, again);
     }
@@ -574,8 +577,12 @@ dag_definition:
       type: test_case
   edges: []
 ";
-        assert_eq!(JobSpec::from_yaml(yaml).unwrap(), JobSpec::from_json(SEED).unwrap());
-        let err = JobSpec::from_yaml("name: x\ndag_definition:\n  nodes: []\n  edgez: []\n").unwrap_err();
+        assert_eq!(
+            JobSpec::from_yaml(yaml).unwrap(),
+            JobSpec::from_json(SEED).unwrap()
+        );
+        let err =
+            JobSpec::from_yaml("name: x\ndag_definition:\n  nodes: []\n  edgez: []\n").unwrap_err();
         assert_eq!(err.code, "unknown_field");
         assert_eq!(err.path, "/dag_definition/edgez");
     }

@@ -100,7 +100,10 @@ impl NodeState {
 
     /// Whether the node's run is over (it may still be compensated).
     pub const fn is_finished(self) -> bool {
-        !matches!(self, Self::Pending | Self::Ready | Self::Running | Self::RetryWaiting)
+        !matches!(
+            self,
+            Self::Pending | Self::Ready | Self::Running | Self::RetryWaiting
+        )
     }
 
     /// Whether the node ended badly for the job: failed, timed out, dead-lettered,
@@ -108,7 +111,11 @@ impl NodeState {
     pub const fn is_failure(self) -> bool {
         matches!(
             self,
-            Self::Failed | Self::TimedOut | Self::DeadLettered | Self::Cancelled | Self::UpstreamFailed
+            Self::Failed
+                | Self::TimedOut
+                | Self::DeadLettered
+                | Self::Cancelled
+                | Self::UpstreamFailed
         )
     }
 }
@@ -238,23 +245,43 @@ impl NodeMachine {
         use NodeEffect as E;
         use NodeEvent as Ev;
         use NodeState as S;
-        let to = |state, effect| Ok((NodeMachine { state, attempts: self.attempts }, effect));
+        let to = |state, effect| {
+            Ok((
+                NodeMachine {
+                    state,
+                    attempts: self.attempts,
+                },
+                effect,
+            ))
+        };
         match (self.state, event) {
             (S::Pending, Ev::Ready) => to(S::Ready, E::Enqueue),
             (S::Pending, Ev::Skip) => to(S::Skipped, E::ReleaseDownstream),
             (S::Pending, Ev::UpstreamFailed) => to(S::UpstreamFailed, E::ReleaseDownstream),
-            (S::Ready, Ev::Start { attempt }) if Some(attempt) == self.attempts.checked_add(1) => Ok((
-                NodeMachine {
-                    state: S::Running,
-                    attempts: attempt,
-                },
-                E::RunAttempt,
-            )),
-            (S::Running, Ev::Succeed) => to(S::Succeeded, E::ReleaseDownstream),
-            (S::Running, Ev::Fail { class, retry_in: Some(delay) }) if class != FailureClass::Cancelled => {
-                to(S::RetryWaiting, E::ScheduleRetry(delay))
+            (S::Ready, Ev::Start { attempt }) if Some(attempt) == self.attempts.checked_add(1) => {
+                Ok((
+                    NodeMachine {
+                        state: S::Running,
+                        attempts: attempt,
+                    },
+                    E::RunAttempt,
+                ))
             }
-            (S::Running, Ev::Fail { class, retry_in: None }) => to(
+            (S::Running, Ev::Succeed) => to(S::Succeeded, E::ReleaseDownstream),
+            (
+                S::Running,
+                Ev::Fail {
+                    class,
+                    retry_in: Some(delay),
+                },
+            ) if class != FailureClass::Cancelled => to(S::RetryWaiting, E::ScheduleRetry(delay)),
+            (
+                S::Running,
+                Ev::Fail {
+                    class,
+                    retry_in: None,
+                },
+            ) => to(
                 match class {
                     FailureClass::Timeout => S::TimedOut,
                     FailureClass::Cancelled => S::Cancelled,
@@ -263,7 +290,9 @@ impl NodeMachine {
                 E::ReleaseDownstream,
             ),
             (S::RetryWaiting, Ev::RetryDue) => to(S::Ready, E::Enqueue),
-            (S::Pending | S::Ready | S::RetryWaiting, Ev::Cancel) => to(S::Cancelled, E::ReleaseDownstream),
+            (S::Pending | S::Ready | S::RetryWaiting, Ev::Cancel) => {
+                to(S::Cancelled, E::ReleaseDownstream)
+            }
             (S::Succeeded, Ev::Compensate) => to(S::Compensating, E::RunCompensation),
             (S::Compensating, Ev::Compensated) => to(S::Compensated, E::None),
             (S::Compensating, Ev::CompensationFailed) => to(S::DeadLettered, E::DeadLetter),
@@ -333,7 +362,10 @@ impl JobState {
 
     /// Whether the job is over. Terminal states are absorbing.
     pub const fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled | Self::TimedOut)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Cancelled | Self::TimedOut
+        )
     }
 
     /// The job transition table.
@@ -364,7 +396,9 @@ impl JobState {
             (S::Pending | S::Queued, Ev::Cancel) => Ok((S::Cancelled, E::Finished)),
             (S::Running | S::Recovering, Ev::Cancel) => Ok((S::Cancelling, E::StopRunning)),
             (S::Cancelling, Ev::Cancel) => Ok((S::Cancelling, E::None)),
-            (S::Queued | S::Running | S::Recovering, Ev::TimeOut) => Ok((S::Cancelling, E::StopRunning)),
+            (S::Queued | S::Running | S::Recovering, Ev::TimeOut) => {
+                Ok((S::Cancelling, E::StopRunning))
+            }
             (S::Running, Ev::Finish(o @ (S::Succeeded | S::Failed))) => Ok((o, E::Finished)),
             (S::Cancelling, Ev::Finish(o @ (S::Cancelled | S::TimedOut))) => Ok((o, E::Finished)),
             (from, event) => Err(InvalidTransition {
@@ -453,7 +487,9 @@ impl Upstream {
     /// Counts one finished upstream node in `state`.
     pub fn record(&mut self, state: NodeState) {
         match state {
-            NodeState::Succeeded | NodeState::Compensating | NodeState::Compensated => self.succeeded += 1,
+            NodeState::Succeeded | NodeState::Compensating | NodeState::Compensated => {
+                self.succeeded += 1
+            }
             NodeState::Skipped => self.skipped += 1,
             _ => self.failed += 1,
         }

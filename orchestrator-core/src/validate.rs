@@ -108,7 +108,11 @@ impl Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let path = if self.path.is_empty() { "/" } else { &self.path };
+        let path = if self.path.is_empty() {
+            "/"
+        } else {
+            &self.path
+        };
         write!(f, "{path}: {} ({})", self.message, self.code)
     }
 }
@@ -218,18 +222,25 @@ pub(crate) fn check_fields<'a>(
         out.push(Problem::new(
             "/dag_definition/nodes",
             ProblemCode::TooManyNodes,
-            format!("{} nodes exceed the limit of {}", nodes.len(), limits.max_nodes),
+            format!(
+                "{} nodes exceed the limit of {}",
+                nodes.len(),
+                limits.max_nodes
+            ),
         ));
         // Checking each of millions of nodes past the limit only produces noise.
         return HashMap::new();
     }
-    let edge_count = spec.dag_definition.edges.len()
-        + nodes.iter().map(|n| n.depends_on.len()).sum::<usize>();
+    let edge_count =
+        spec.dag_definition.edges.len() + nodes.iter().map(|n| n.depends_on.len()).sum::<usize>();
     if edge_count > limits.max_edges {
         out.push(Problem::new(
             "/dag_definition/edges",
             ProblemCode::TooManyNodes,
-            format!("{edge_count} dependencies exceed the limit of {}", limits.max_edges),
+            format!(
+                "{edge_count} dependencies exceed the limit of {}",
+                limits.max_edges
+            ),
         ));
     }
     if let Some(0) = spec.max_concurrency {
@@ -241,7 +252,11 @@ pub(crate) fn check_fields<'a>(
     }
     if let Some(t) = spec.timeout {
         if t.as_millis() == 0 {
-            out.push(Problem::new("/timeout", ProblemCode::InvalidDuration, "the job timeout must be positive"));
+            out.push(Problem::new(
+                "/timeout",
+                ProblemCode::InvalidDuration,
+                "the job timeout must be positive",
+            ));
         }
     }
     for (name, &slots) in &spec.pools {
@@ -262,7 +277,11 @@ pub(crate) fn check_fields<'a>(
     for (i, node) in nodes.iter().enumerate() {
         let at = |field: &str| format!("/dag_definition/nodes/{i}/{field}");
         if node.id.is_empty() {
-            out.push(Problem::new(at("id"), ProblemCode::EmptyNodeId, "a node id must not be empty"));
+            out.push(Problem::new(
+                at("id"),
+                ProblemCode::EmptyNodeId,
+                "a node id must not be empty",
+            ));
         } else if node.id.len() > limits.max_id_len || node.id.chars().any(char::is_control) {
             out.push(Problem::new(
                 at("id"),
@@ -281,9 +300,16 @@ pub(crate) fn check_fields<'a>(
             ));
         }
         if node.kind.trim().is_empty() {
-            out.push(Problem::new(at("type"), ProblemCode::EmptyNodeType, "a node type must not be empty"));
+            out.push(Problem::new(
+                at("type"),
+                ProblemCode::EmptyNodeType,
+                "a node type must not be empty",
+            ));
         }
-        for (field, value) in [("timeout", node.timeout), ("heartbeat_timeout", node.heartbeat_timeout)] {
+        for (field, value) in [
+            ("timeout", node.timeout),
+            ("heartbeat_timeout", node.heartbeat_timeout),
+        ] {
             if value.is_some_and(|d| d.as_millis() == 0) {
                 out.push(Problem::new(
                     at(field),
@@ -310,7 +336,10 @@ pub(crate) fn check_fields<'a>(
                 out.push(Problem::new(
                     at("params"),
                     ProblemCode::ParamsTooLarge,
-                    format!("params take {size} bytes, more than the limit of {}", limits.max_params_bytes),
+                    format!(
+                        "params take {size} bytes, more than the limit of {}",
+                        limits.max_params_bytes
+                    ),
                 ));
             }
         }

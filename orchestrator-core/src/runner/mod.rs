@@ -110,7 +110,10 @@ impl RunContext {
     /// # Panics
     /// If `node` is not an index into `spec`'s nodes.
     pub fn new(job_id: JobId, spec: Arc<JobSpec>, node: u32, attempt: u32) -> Self {
-        assert!((node as usize) < spec.nodes().len(), "node index out of range");
+        assert!(
+            (node as usize) < spec.nodes().len(),
+            "node index out of range"
+        );
         Self {
             job_id,
             spec,
@@ -266,7 +269,9 @@ impl Heartbeat {
 
     /// Number of beats so far.
     pub fn beats(&self) -> u64 {
-        self.0.as_ref().map_or(0, |c| c.beats.load(Ordering::Relaxed))
+        self.0
+            .as_ref()
+            .map_or(0, |c| c.beats.load(Ordering::Relaxed))
     }
 }
 

@@ -1,0 +1,609 @@
+//! The journal: an append-only, per-job sequence of [`Record`]s, and the
+//! [`JobView`] that folds it into current state.
+//!
+//! Event sourcing is how the engine keeps its first promise (nothing is
+//! lost): every state change is a record, appended to the store *before* the
+//! executor acts on it, and a job's state is nothing but the fold of its
+//! records. A restarted process rebuilds each unfinished job from its latest
+//! [`Snapshot`] plus the records after it, and `JobView::apply` drives the
+//! same state machines as the live executor, so replay and live execution
+//! cannot disagree — a journal with an illegal sequence fails replay loudly.
+//!
+//! Records name nodes by index (their position in the spec), not by id: a
+//! record is a few dozen bytes, which keeps journaling cheap enough to do for
+//! every transition of a million-node job.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::failure::{Failure, FailureClass};
+use crate::spec::JobSpec;
+use crate::state::{InvalidTransition, JobEvent, JobState, NodeEvent, NodeMachine, NodeState};
+use crate::time::{JobId, Timestamp};
+
+/// The static facts of a job, journaled once in [`Event::Submitted`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobHeader {
+    /// The job's id.
+    pub id: JobId,
+    /// Who submitted it (the HTTP adapter's JWT subject; `"local"` from the CLI).
+    pub owner: String,
+    /// When it was submitted.
+    pub created_at: Timestamp,
+    /// The validated spec.
+    pub spec: Arc<JobSpec>,
+}
+
+/// One journaled fact.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// The job was accepted. Always the first record (seq 1).
+    Submitted {
+        /// What was submitted.
+        header: Arc<JobHeader>,
+    },
+    /// The job is queued for an executor.
+    Queued,
+    /// An executor started running the job.
+    Started,
+    /// An executor is resuming the job from its journal.
+    RecoveryStarted,
+    /// Resumption is done (interrupted attempts are recorded); dispatch resumes.
+    RecoveryFinished,
+    /// Someone asked to cancel the job.
+    CancelRequested {
+        /// Why, if they said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// The job ran past its timeout; running attempts are being stopped.
+    TimeoutReached,
+    /// The job is over.
+    Finished {
+        /// Its final state.
+        state: JobState,
+    },
+    /// A node's trigger rule is met.
+    NodeReady {
+        /// Node index.
+        node: u32,
+    },
+    /// A node's trigger rule decided it must not run.
+    NodeSkipped {
+        /// Node index.
+        node: u32,
+    },
+    /// A node can never run because an upstream failed.
+    NodeUpstreamFailed {
+        /// Node index.
+        node: u32,
+    },
+    /// An attempt started.
+    NodeStarted {
+        /// Node index.
+        node: u32,
+        /// Attempt number, from 1.
+        attempt: u32,
+    },
+    /// An attempt succeeded.
+    NodeSucceeded {
+        /// Node index.
+        node: u32,
+        /// Attempt number.
+        attempt: u32,
+        /// What the runner returned.
+        #[serde(default, skip_serializing_if = "Value::is_null")]
+        output: Value,
+    },
+    /// An attempt failed, with the retry decision taken for it.
+    NodeFailed {
+        /// Node index.
+        node: u32,
+        /// Attempt number.
+        attempt: u32,
+        /// What went wrong.
+        failure: Failure,
+        /// Delay before the next attempt in milliseconds; absent when the node
+        /// will not be retried.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_in_ms: Option<u64>,
+    },
+    /// A node's retry delay is over.
+    NodeRetryDue {
+        /// Node index.
+        node: u32,
+    },
+    /// A node that was not running was cancelled.
+    NodeCancelled {
+        /// Node index.
+        node: u32,
+    },
+    /// Something needs a person's attention.
+    EscalationRequired {
+        /// The node concerned, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<u32>,
+        /// What happened.
+        reason: String,
+    },
+}
+
+impl Event {
+    /// The name used on the event stream, e.g. `execution.started`,
+    /// `node.failed`, `recovery.initiated`, `escalation.required`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Submitted { .. } => "execution.submitted",
+            Self::Queued => "execution.queued",
+            Self::Started => "execution.started",
+            Self::RecoveryStarted => "recovery.initiated",
+            Self::RecoveryFinished => "recovery.completed",
+            Self::CancelRequested { .. } => "execution.cancelling",
+            Self::TimeoutReached => "execution.timeout_reached",
+            Self::Finished { state } => match state {
+                JobState::Succeeded => "execution.completed",
+                JobState::Cancelled => "execution.cancelled",
+                JobState::TimedOut => "execution.timed_out",
+                _ => "execution.failed",
+            },
+            Self::NodeReady { .. } => "node.ready",
+            Self::NodeSkipped { .. } => "node.skipped",
+            Self::NodeUpstreamFailed { .. } => "node.upstream_failed",
+            Self::NodeStarted { .. } => "node.started",
+            Self::NodeSucceeded { .. } => "node.succeeded",
+            Self::NodeFailed {
+                retry_in_ms: Some(_),
+                ..
+            } => "node.retry_scheduled",
+            Self::NodeFailed { .. } => "node.failed",
+            Self::NodeRetryDue { .. } => "node.retry_due",
+            Self::NodeCancelled { .. } => "node.cancelled",
+            Self::EscalationRequired { .. } => "escalation.required",
+        }
+    }
+
+    /// The node this event is about, if any.
+    pub fn node(&self) -> Option<u32> {
+        match *self {
+            Self::NodeReady { node }
+            | Self::NodeSkipped { node }
+            | Self::NodeUpstreamFailed { node }
+            | Self::NodeStarted { node, .. }
+            | Self::NodeSucceeded { node, .. }
+            | Self::NodeFailed { node, .. }
+            | Self::NodeRetryDue { node }
+            | Self::NodeCancelled { node } => Some(node),
+            Self::EscalationRequired { node, .. } => node,
+            _ => None,
+        }
+    }
+
+    /// The state-machine event this record drives.
+    fn transition(&self) -> Option<Transition> {
+        Some(match self {
+            Self::Submitted { .. } | Self::EscalationRequired { .. } => return None,
+            Self::Queued => Transition::Job(JobEvent::Enqueue),
+            Self::Started => Transition::Job(JobEvent::Start),
+            Self::RecoveryStarted => Transition::Job(JobEvent::RecoveryStarted),
+            Self::RecoveryFinished => Transition::Job(JobEvent::RecoveryFinished),
+            Self::CancelRequested { .. } => Transition::Job(JobEvent::Cancel),
+            Self::TimeoutReached => Transition::Job(JobEvent::TimeOut),
+            Self::Finished { state } => Transition::Job(JobEvent::Finish(*state)),
+            Self::NodeReady { node } => Transition::Node(*node, NodeEvent::Ready),
+            Self::NodeSkipped { node } => Transition::Node(*node, NodeEvent::Skip),
+            Self::NodeUpstreamFailed { node } => Transition::Node(*node, NodeEvent::UpstreamFailed),
+            Self::NodeStarted { node, attempt } => {
+                Transition::Node(*node, NodeEvent::Start { attempt: *attempt })
+            }
+            Self::NodeSucceeded { node, .. } => Transition::Node(*node, NodeEvent::Succeed),
+            Self::NodeFailed {
+                node,
+                failure,
+                retry_in_ms,
+                ..
+            } => Transition::Node(
+                *node,
+                NodeEvent::Fail {
+                    class: failure.class,
+                    retry_in: retry_in_ms.map(Duration::from_millis),
+                },
+            ),
+            Self::NodeRetryDue { node } => Transition::Node(*node, NodeEvent::RetryDue),
+            Self::NodeCancelled { node } => Transition::Node(*node, NodeEvent::Cancel),
+        })
+    }
+}
+
+enum Transition {
+    Job(JobEvent),
+    Node(u32, NodeEvent),
+}
+
+/// A journaled event with its position and time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Position in the job's journal, from 1, without gaps. The job's
+    /// *version* is the seq of its last record.
+    pub seq: u64,
+    /// When it was journaled.
+    pub at: Timestamp,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// A checkpoint: the fold of a job's journal up to `view.version`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The folded state.
+    pub view: JobView,
+}
+
+/// Why a journal could not be replayed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    /// The journal does not start with [`Event::Submitted`].
+    #[error("journal of job {job} does not start with a submitted record")]
+    MissingHeader {
+        /// The job.
+        job: String,
+    },
+    /// A record's seq is not the next one.
+    #[error("journal of job {job}: expected record {expected}, found {found}")]
+    Gap {
+        /// The job.
+        job: String,
+        /// The seq that should come next.
+        expected: u64,
+        /// The seq found.
+        found: u64,
+    },
+    /// A record names a node the spec does not have.
+    #[error("journal of job {job}, record {seq}: no node with index {node}")]
+    UnknownNode {
+        /// The job.
+        job: String,
+        /// The record.
+        seq: u64,
+        /// The node index.
+        node: u32,
+    },
+    /// A record is an illegal transition.
+    #[error("journal of job {job}, record {seq}: {source}")]
+    Invalid {
+        /// The job.
+        job: String,
+        /// The record.
+        seq: u64,
+        /// The rejected transition.
+        source: InvalidTransition,
+    },
+}
+
+/// Per-node part of a [`JobView`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// State and attempt count.
+    #[serde(flatten)]
+    pub machine: NodeMachine,
+    /// When the first attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_started_at: Option<Timestamp>,
+    /// When the latest attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// When the node finished (or its latest attempt ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// When the pending retry is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<Timestamp>,
+    /// The latest failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<Failure>,
+    /// The output of the successful attempt.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub output: Value,
+}
+
+impl NodeView {
+    /// The node's state.
+    pub fn state(&self) -> NodeState {
+        self.machine.state
+    }
+}
+
+/// The fold of a job's journal: its current state, every node's state,
+/// attempts, timings and last error.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    /// The static facts.
+    pub header: Arc<JobHeader>,
+    /// The job's state.
+    pub state: JobState,
+    /// Seq of the last record folded in.
+    pub version: u64,
+    /// When the last record was journaled.
+    pub updated_at: Timestamp,
+    /// When the job started running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// When the job finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// Why it was cancelled, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<String>,
+    /// Whether the job timeout fired (so `Cancelling` ends as `TimedOut`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timeout_reached: bool,
+    /// Per node, by index.
+    pub nodes: Vec<NodeView>,
+    /// How many nodes are in each state, indexed like [`NodeState::ALL`].
+    counts: [u32; 13],
+}
+
+fn state_index(s: NodeState) -> usize {
+    s as usize
+}
+
+impl JobView {
+    /// The view right after the `Submitted` record.
+    pub fn new(header: Arc<JobHeader>) -> Self {
+        let n = header.spec.nodes().len();
+        let mut counts = [0u32; 13];
+        counts[state_index(NodeState::Pending)] = n as u32;
+        Self {
+            updated_at: header.created_at,
+            header,
+            state: JobState::Pending,
+            version: 1,
+            started_at: None,
+            finished_at: None,
+            cancel_reason: None,
+            timeout_reached: false,
+            nodes: vec![NodeView::default(); n],
+            counts,
+        }
+    }
+
+    /// Folds a whole journal (from seq 1).
+    pub fn replay<'a>(records: impl IntoIterator<Item = &'a Record>) -> Result<Self, ReplayError> {
+        let mut it = records.into_iter();
+        let first = it
+            .next()
+            .ok_or_else(|| ReplayError::MissingHeader { job: String::new() })?;
+        let Event::Submitted { header } = &first.event else {
+            return Err(ReplayError::MissingHeader { job: String::new() });
+        };
+        if first.seq != 1 {
+            return Err(ReplayError::Gap {
+                job: header.id.to_string(),
+                expected: 1,
+                found: first.seq,
+            });
+        }
+        let mut view = Self::new(header.clone());
+        for r in it {
+            view.apply(r)?;
+        }
+        Ok(view)
+    }
+
+    /// The job's id.
+    pub fn id(&self) -> &JobId {
+        &self.header.id
+    }
+
+    /// The spec.
+    pub fn spec(&self) -> &Arc<JobSpec> {
+        &self.header.spec
+    }
+
+    /// How many nodes are in `state`.
+    pub fn count(&self, state: NodeState) -> u32 {
+        self.counts[state_index(state)]
+    }
+
+    /// How many nodes finished (whatever the outcome).
+    pub fn finished_nodes(&self) -> u32 {
+        NodeState::ALL
+            .iter()
+            .filter(|s| s.is_finished())
+            .map(|&s| self.count(s))
+            .sum()
+    }
+
+    /// How many nodes ended badly (see [`NodeState::is_failure`]).
+    pub fn failed_nodes(&self) -> u32 {
+        NodeState::ALL
+            .iter()
+            .filter(|s| s.is_failure())
+            .map(|&s| self.count(s))
+            .sum()
+    }
+
+    /// Progress in percent: finished nodes over all nodes.
+    pub fn progress_percent(&self) -> f64 {
+        let n = self.nodes.len().max(1) as f64;
+        (f64::from(self.finished_nodes()) * 100.0 / n * 10.0).round() / 10.0
+    }
+
+    /// The state a job whose every node is finished ends in, unless it is
+    /// being cancelled: failed if any node ended badly, else succeeded.
+    pub fn outcome(&self) -> JobState {
+        match self.state {
+            JobState::Cancelling if self.timeout_reached => JobState::TimedOut,
+            JobState::Cancelling => JobState::Cancelled,
+            _ if self.failed_nodes() > 0 => JobState::Failed,
+            _ => JobState::Succeeded,
+        }
+    }
+
+    /// Folds one record in. On error the view is unchanged.
+    pub fn apply(&mut self, record: &Record) -> Result<(), ReplayError> {
+        let job = || self.header.id.to_string();
+        if record.seq != self.version + 1 {
+            return Err(ReplayError::Gap {
+                job: job(),
+                expected: self.version + 1,
+                found: record.seq,
+            });
+        }
+        match record.event.transition() {
+            None => {}
+            Some(Transition::Job(ev)) => {
+                let (next, _) = self
+                    .state
+                    .apply(ev)
+                    .map_err(|source| ReplayError::Invalid {
+                        job: job(),
+                        seq: record.seq,
+                        source,
+                    })?;
+                self.state = next;
+                match &record.event {
+                    Event::Started => self.started_at = Some(record.at),
+                    Event::CancelRequested { reason } if self.cancel_reason.is_none() => {
+                        self.cancel_reason =
+                            Some(reason.clone().unwrap_or_else(|| "cancelled".into()));
+                    }
+                    Event::TimeoutReached => self.timeout_reached = true,
+                    Event::Finished { .. } => self.finished_at = Some(record.at),
+                    _ => {}
+                }
+            }
+            Some(Transition::Node(i, ev)) => {
+                let Some(node) = self.nodes.get_mut(i as usize) else {
+                    return Err(ReplayError::UnknownNode {
+                        job: job(),
+                        seq: record.seq,
+                        node: i,
+                    });
+                };
+                let before = node.machine.state;
+                let (next, _) = node
+                    .machine
+                    .apply(ev)
+                    .map_err(|source| ReplayError::Invalid {
+                        job: self.header.id.to_string(),
+                        seq: record.seq,
+                        source,
+                    })?;
+                node.machine = next;
+                match &record.event {
+                    Event::NodeStarted { .. } => {
+                        node.started_at = Some(record.at);
+                        node.first_started_at.get_or_insert(record.at);
+                        node.retry_at = None;
+                        node.finished_at = None;
+                    }
+                    Event::NodeSucceeded { output, .. } => {
+                        node.finished_at = Some(record.at);
+                        node.output = output.clone();
+                    }
+                    Event::NodeFailed {
+                        failure,
+                        retry_in_ms,
+                        ..
+                    } => {
+                        node.finished_at = Some(record.at);
+                        node.retry_at =
+                            retry_in_ms.map(|ms| Timestamp(record.at.0.saturating_add(ms)));
+                        node.last_error = Some(failure.clone());
+                    }
+                    Event::NodeSkipped { .. }
+                    | Event::NodeUpstreamFailed { .. }
+                    | Event::NodeCancelled { .. } => {
+                        node.finished_at = Some(record.at);
+                    }
+                    _ => {}
+                }
+                self.counts[state_index(before)] -= 1;
+                self.counts[state_index(next.state)] += 1;
+            }
+        }
+        self.version = record.seq;
+        self.updated_at = record.at;
+        Ok(())
+    }
+
+    /// The summary stores keep for listing without replay.
+    pub fn summary(&self) -> JobSummary {
+        JobSummary {
+            id: self.header.id.clone(),
+            name: self.header.spec.name.clone(),
+            owner: self.header.owner.clone(),
+            labels: self.header.spec.labels.clone(),
+            priority: self.header.spec.priority,
+            created_at: self.header.created_at,
+            progress: self.progress(),
+        }
+    }
+
+    /// The changing part of the summary.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            state: self.state,
+            version: self.version,
+            updated_at: self.updated_at,
+            nodes_total: self.nodes.len() as u32,
+            nodes_finished: self.finished_nodes(),
+            nodes_failed: self.failed_nodes(),
+            nodes_running: self.count(NodeState::Running),
+        }
+    }
+}
+
+/// What a store keeps per job for listing and filtering without replaying
+/// journals. Stores update [`JobSummary::progress`] atomically with every
+/// append, so it always agrees with the journal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobSummary {
+    /// The job's id.
+    pub id: JobId,
+    /// Its name.
+    pub name: String,
+    /// Who submitted it.
+    pub owner: String,
+    /// Its labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Its priority.
+    #[serde(default)]
+    pub priority: i32,
+    /// When it was submitted.
+    pub created_at: Timestamp,
+    /// State and counters as of the last append.
+    #[serde(flatten)]
+    pub progress: Progress,
+}
+
+/// The part of a [`JobSummary`] that changes with each append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The job's state.
+    pub state: JobState,
+    /// Seq of the last record.
+    pub version: u64,
+    /// When the last record was journaled.
+    pub updated_at: Timestamp,
+    /// Number of nodes.
+    pub nodes_total: u32,
+    /// Nodes finished.
+    pub nodes_finished: u32,
+    /// Nodes that ended badly.
+    pub nodes_failed: u32,
+    /// Nodes running now.
+    pub nodes_running: u32,
+}
+
+/// The failure class an attempt that was in flight in a dead process is
+/// recorded with.
+pub const INTERRUPTED: FailureClass = FailureClass::Infrastructure;
