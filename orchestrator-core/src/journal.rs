@@ -22,7 +22,9 @@ use serde_json::Value;
 
 use crate::failure::{Failure, FailureClass};
 use crate::spec::JobSpec;
-use crate::state::{InvalidTransition, JobEvent, JobState, NodeEvent, NodeMachine, NodeState};
+use crate::state::{
+    InvalidTransition, JobEffect, JobEvent, JobState, NodeEffect, NodeEvent, NodeMachine, NodeState,
+};
 use crate::time::{JobId, Timestamp};
 
 /// The static facts of a job, journaled once in [`Event::Submitted`].
@@ -286,6 +288,17 @@ pub enum ReplayError {
     },
 }
 
+/// The effect a folded record's transition calls for (see [`crate::state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// The record drives no state machine.
+    None,
+    /// A job transition's effect.
+    Job(JobEffect),
+    /// A node transition's effect, with the node's index.
+    Node(u32, NodeEffect),
+}
+
 /// Per-node part of a [`JobView`].
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeView {
@@ -446,8 +459,9 @@ impl JobView {
         }
     }
 
-    /// Folds one record in. On error the view is unchanged.
-    pub fn apply(&mut self, record: &Record) -> Result<(), ReplayError> {
+    /// Folds one record in and returns the effect its transition calls for.
+    /// On error the view is unchanged.
+    pub fn apply(&mut self, record: &Record) -> Result<Effect, ReplayError> {
         let job = || self.header.id.to_string();
         if record.seq != self.version + 1 {
             return Err(ReplayError::Gap {
@@ -456,17 +470,17 @@ impl JobView {
                 found: record.seq,
             });
         }
-        match record.event.transition() {
-            None => {}
+        let effect = match record.event.transition() {
+            None => Effect::None,
             Some(Transition::Job(ev)) => {
-                let (next, _) = self
-                    .state
-                    .apply(ev)
-                    .map_err(|source| ReplayError::Invalid {
-                        job: job(),
-                        seq: record.seq,
-                        source,
-                    })?;
+                let (next, effect) =
+                    self.state
+                        .apply(ev)
+                        .map_err(|source| ReplayError::Invalid {
+                            job: job(),
+                            seq: record.seq,
+                            source,
+                        })?;
                 self.state = next;
                 match &record.event {
                     Event::Started => self.started_at = Some(record.at),
@@ -478,6 +492,7 @@ impl JobView {
                     Event::Finished { .. } => self.finished_at = Some(record.at),
                     _ => {}
                 }
+                Effect::Job(effect)
             }
             Some(Transition::Node(i, ev)) => {
                 let Some(node) = self.nodes.get_mut(i as usize) else {
@@ -488,14 +503,14 @@ impl JobView {
                     });
                 };
                 let before = node.machine.state;
-                let (next, _) = node
-                    .machine
-                    .apply(ev)
-                    .map_err(|source| ReplayError::Invalid {
-                        job: self.header.id.to_string(),
-                        seq: record.seq,
-                        source,
-                    })?;
+                let (next, effect) =
+                    node.machine
+                        .apply(ev)
+                        .map_err(|source| ReplayError::Invalid {
+                            job: self.header.id.to_string(),
+                            seq: record.seq,
+                            source,
+                        })?;
                 node.machine = next;
                 match &record.event {
                     Event::NodeStarted { .. } => {
@@ -527,11 +542,12 @@ impl JobView {
                 }
                 self.counts[state_index(before)] -= 1;
                 self.counts[state_index(next.state)] += 1;
+                Effect::Node(i, effect)
             }
-        }
+        };
         self.version = record.seq;
         self.updated_at = record.at;
-        Ok(())
+        Ok(effect)
     }
 
     /// The summary stores keep for listing without replay.

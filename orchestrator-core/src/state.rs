@@ -377,6 +377,7 @@ impl JobState {
     /// | queued, running | recovery_started | recovering | none |
     /// | cancelling | recovery_started | cancelling | none |
     /// | recovering | recovery_finished | running | dispatch |
+    /// | cancelling | recovery_finished | cancelling | none |
     /// | pending, queued | cancel | cancelled | finished |
     /// | running, recovering | cancel | cancelling | stop running |
     /// | cancelling | cancel | cancelling | none |
@@ -393,6 +394,7 @@ impl JobState {
             (S::Queued | S::Running, Ev::RecoveryStarted) => Ok((S::Recovering, E::None)),
             (S::Cancelling, Ev::RecoveryStarted) => Ok((S::Cancelling, E::None)),
             (S::Recovering, Ev::RecoveryFinished) => Ok((S::Running, E::Dispatch)),
+            (S::Cancelling, Ev::RecoveryFinished) => Ok((S::Cancelling, E::None)),
             (S::Pending | S::Queued, Ev::Cancel) => Ok((S::Cancelled, E::Finished)),
             (S::Running | S::Recovering, Ev::Cancel) => Ok((S::Cancelling, E::StopRunning)),
             (S::Cancelling, Ev::Cancel) => Ok((S::Cancelling, E::None)),

@@ -7,6 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -79,9 +80,20 @@ impl Clock for ManualClock {
 
 /// A job's identifier: 26 characters of Crockford base32 whose first ten
 /// encode the creation time, so ids sort by creation (ULID layout).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// Cloning is a reference-count increment: ids are copied into every attempt
+/// context and event notification.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
-pub struct JobId(String);
+pub struct JobId(Arc<str>);
+
+impl<'de> Deserialize<'de> for JobId {
+    /// Validates like [`JobId::from_str`]: ids come from URLs and files.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
@@ -100,7 +112,7 @@ impl JobId {
         for i in (0..26).rev() {
             out.push(CROCKFORD[((value >> (i * 5)) & 0x1F) as usize] as char);
         }
-        Self(out)
+        Self(out.into())
     }
 
     /// The id as text.
@@ -120,7 +132,7 @@ impl FromStr for JobId {
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if ok {
-            Ok(Self(s.to_owned()))
+            Ok(Self(s.into()))
         } else {
             Err(InvalidJobId(s.chars().take(80).collect()))
         }

@@ -47,6 +47,8 @@ pub enum ProblemCode {
     InvalidLimit,
     /// A node type is empty.
     EmptyNodeType,
+    /// No runner is registered for a node type (checked at submission).
+    UnknownNodeType,
     /// More nodes or edges than allowed.
     TooManyNodes,
     /// A node's params are larger than allowed.
@@ -71,6 +73,7 @@ impl ProblemCode {
             Self::UnknownPool => "unknown_pool",
             Self::InvalidLimit => "invalid_limit",
             Self::EmptyNodeType => "empty_node_type",
+            Self::UnknownNodeType => "unknown_node_type",
             Self::TooManyNodes => "too_many_nodes",
             Self::ParamsTooLarge => "params_too_large",
         }

@@ -1,0 +1,545 @@
+//! The [`Executor`]: runs jobs over a [`Store`] and a runner [`Registry`].
+//!
+//! One scheduler task owns every active job's state (no locks): it receives
+//! commands and finished attempts, folds them into each job's [`JobView`]
+//! through the state machines, dispatches ready nodes under the concurrency
+//! limits, and then **journals before acting**: the records of one loop
+//! iteration are appended to the store (one append per job, all jobs
+//! concurrently, so backends can group-commit), and only once they are
+//! durable does it spawn attempts, arm timers, signal cancellations and
+//! publish events. A store failure stalls the affected job (its records stay
+//! pending and are re-appended with backoff); nothing is acted on, faked or
+//! lost.
+//!
+//! At start the executor recovers every unfinished job from the store:
+//! succeeded nodes are never run again, attempts that were in flight are
+//! recorded as interrupted (failure class `infrastructure`) and retried per
+//! policy.
+//!
+//! ```
+//! use orchestrator_core::{Executor, JobSpec, NodeSpec, JobState};
+//! use orchestrator_core::runner::Registry;
+//! use orchestrator_core::store::MemoryStore;
+//! use std::sync::Arc;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let executor = Executor::builder(Arc::new(MemoryStore::new()))
+//!     .registry(Registry::with_builtins())
+//!     .start()
+//!     .await?;
+//! let spec = JobSpec::builder("smoke")
+//!     .node(NodeSpec::new("build", "noop"))
+//!     .node(NodeSpec::new("test", "noop").depends_on(["build"]))
+//!     .build();
+//! let id = executor.submit(spec, "alice").await?;
+//! let status = executor.wait(&id).await?;
+//! assert_eq!(status.state, JobState::Succeeded);
+//! assert_eq!(status.nodes_finished, 2);
+//! # Ok(()) }
+//! ```
+
+mod attempt;
+mod scheduler;
+mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::dag::Dag;
+use crate::journal::{Event, JobHeader, JobSummary, JobView, Record};
+use crate::retry::{PolicyRegistry, RetryDefaults};
+use crate::runner::Registry;
+use crate::state::JobState;
+use crate::store::{JobPage, JobQuery, Store, StoreError, StoreExt};
+use crate::time::{Clock, JobId, SystemClock};
+use crate::validate::{Limits, Problem, ProblemCode, ValidationErrors};
+use crate::JobSpec;
+
+pub use status::{JobStatus, NodeStatus};
+
+/// Executor settings. The defaults are the original design's:
+/// 10 concurrent nodes, 3 attempts, 300 s maximum retry delay, 3600 s job
+/// timeout.
+#[derive(Clone, Debug)]
+pub struct ExecutorConfig {
+    /// Most node attempts running at once, over all jobs (`MAX_CONCURRENT_NODES`).
+    pub max_concurrent_nodes: usize,
+    /// Defaults for retry policies (`DEFAULT_RETRY_ATTEMPTS`, `MAX_RETRY_DELAY`).
+    pub retry: RetryDefaults,
+    /// Timeout of a job whose spec sets none (`JOB_TIMEOUT`).
+    pub job_timeout: Duration,
+    /// How long a cancelled or timed-out attempt may take to stop before its
+    /// future is dropped (which kills a process runner's process group).
+    pub cancel_grace: Duration,
+    /// Limits on submitted specs.
+    pub limits: Limits,
+    /// Write a snapshot after at least this many records (raised to four
+    /// records per node for large jobs, so snapshotting stays O(1) per record).
+    pub snapshot_every: u64,
+    /// First delay before re-trying a failed store append; doubles up to
+    /// `store_retry_max`.
+    pub store_retry_initial: Duration,
+    /// Cap of the store-append retry delay.
+    pub store_retry_max: Duration,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_nodes: 10,
+            retry: RetryDefaults::default(),
+            job_timeout: Duration::from_secs(3600),
+            cancel_grace: Duration::from_secs(10),
+            limits: Limits::default(),
+            snapshot_every: 1_000,
+            store_retry_initial: Duration::from_millis(100),
+            store_retry_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Errors of executor operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExecutorError {
+    /// The spec is invalid; every problem is listed.
+    #[error(transparent)]
+    Invalid(#[from] ValidationErrors),
+    /// No such job.
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    /// The job is already in a terminal state.
+    #[error("job {job} already finished ({state})")]
+    AlreadyFinished {
+        /// The job.
+        job: JobId,
+        /// Its final state.
+        state: JobState,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(StoreError),
+    /// The executor has shut down.
+    #[error("the executor has shut down")]
+    ShutDown,
+}
+
+impl From<StoreError> for ExecutorError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { job } => Self::NotFound(job),
+            other => Self::Store(other),
+        }
+    }
+}
+
+/// One journaled event, as published to subscribers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notification {
+    /// The job.
+    pub job: JobId,
+    /// The record (its `event.name()` is the stream's event type).
+    pub record: Record,
+}
+
+/// Records of one job made durable together.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    pub(crate) job: JobId,
+    pub(crate) records: Vec<Record>,
+}
+
+/// A live feed of every journaled event, in journal order per job.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: broadcast::Receiver<Arc<Batch>>,
+    current: Option<(Arc<Batch>, usize)>,
+}
+
+/// The subscriber fell behind and `0` batches of events were dropped for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("subscriber lagged; {0} event batches were skipped (read them from the journal)")]
+pub struct Lagged(pub u64);
+
+impl Subscription {
+    /// The next event; `Ok(None)` once the executor is gone.
+    pub async fn recv(&mut self) -> Result<Option<Notification>, Lagged> {
+        loop {
+            if let Some((batch, i)) = &mut self.current {
+                if let Some(record) = batch.records.get(*i) {
+                    *i += 1;
+                    return Ok(Some(Notification {
+                        job: batch.job.clone(),
+                        record: record.clone(),
+                    }));
+                }
+                self.current = None;
+            }
+            match self.rx.recv().await {
+                Ok(batch) => self.current = Some((batch, 0)),
+                Err(broadcast::error::RecvError::Closed) => return Ok(None),
+                Err(broadcast::error::RecvError::Lagged(n)) => return Err(Lagged(n)),
+            }
+        }
+    }
+}
+
+/// Builds an [`Executor`].
+#[must_use]
+pub struct ExecutorBuilder {
+    store: Arc<dyn Store>,
+    registry: Registry,
+    policies: PolicyRegistry,
+    config: ExecutorConfig,
+    clock: Arc<dyn Clock>,
+}
+
+impl ExecutorBuilder {
+    /// Sets the runner registry (default: the built-ins).
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Sets the custom retry policies specs may name.
+    pub fn policies(mut self, policies: PolicyRegistry) -> Self {
+        self.policies = policies;
+        self
+    }
+
+    /// Sets the configuration.
+    pub fn config(mut self, config: ExecutorConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the wall clock used for journal timestamps.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Starts the scheduler and resumes every unfinished job in the store.
+    /// Must be called within a tokio runtime.
+    pub async fn start(self) -> Result<Executor, ExecutorError> {
+        let unfinished = self.store.unfinished_jobs().await?;
+        let shared = Arc::new(Shared {
+            store: self.store,
+            registry: self.registry,
+            policies: self.policies,
+            config: self.config,
+            clock: self.clock,
+            events: broadcast::channel(1024).0,
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(scheduler::Scheduler::new(shared.clone(), rx).run());
+        let executor = Executor {
+            handle: Arc::new(Handle { shared, tx, task }),
+        };
+        for id in unfinished {
+            executor.resume(&id).await?;
+        }
+        Ok(executor)
+    }
+}
+
+/// State shared by the handle and the scheduler.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) registry: Registry,
+    pub(crate) policies: PolicyRegistry,
+    pub(crate) config: ExecutorConfig,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) events: broadcast::Sender<Arc<Batch>>,
+}
+
+/// A job ready to be handed to the scheduler.
+pub(crate) struct Activation {
+    pub(crate) view: JobView,
+    pub(crate) dag: Arc<Dag>,
+    pub(crate) recovering: bool,
+}
+
+/// Commands to the scheduler.
+pub(crate) enum Command {
+    Activate(Box<Activation>),
+    Cancel {
+        job: JobId,
+        reason: Option<String>,
+        reply: oneshot::Sender<Result<(), ExecutorError>>,
+    },
+    Wait {
+        job: JobId,
+        reply: oneshot::Sender<Option<oneshot::Receiver<JobView>>>,
+    },
+    Active {
+        reply: oneshot::Sender<Vec<JobId>>,
+    },
+}
+
+struct Handle {
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Command>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Handle {
+    /// Dropping the last handle stops the scheduler at once, dropping every
+    /// attempt in flight (as a crash would, minus the lost process): the
+    /// store keeps whatever was journaled and the next executor recovers it.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Runs jobs. Cheap to clone; the scheduler stops when the last clone is
+/// dropped or [`Executor::shutdown`] is called.
+#[derive(Clone)]
+pub struct Executor {
+    handle: Arc<Handle>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("config", &self.handle.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Executor {
+    /// Starts building an executor over `store`.
+    pub fn builder(store: Arc<dyn Store>) -> ExecutorBuilder {
+        ExecutorBuilder {
+            store,
+            registry: Registry::with_builtins(),
+            policies: PolicyRegistry::default(),
+            config: ExecutorConfig::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.handle.shared
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ExecutorConfig {
+        &self.shared().config
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared().store
+    }
+
+    /// Validates `spec` without submitting it: the problems
+    /// [`Executor::submit`] would report, including unknown node types.
+    pub fn validate(&self, spec: &JobSpec) -> Result<Dag, ValidationErrors> {
+        let shared = self.shared();
+        let dag = Dag::compile(spec, &shared.config.limits, &shared.policies);
+        let mut problems = match &dag {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.clone(),
+        };
+        for (i, node) in spec.nodes().iter().enumerate() {
+            if !node.kind.is_empty() && !shared.registry.contains(&node.kind) {
+                problems.push(Problem::new(
+                    format!("/dag_definition/nodes/{i}/type"),
+                    ProblemCode::UnknownNodeType,
+                    format!("no runner is registered for type {:?}", node.kind),
+                ));
+            }
+            if let Some(c) = &node.compensate {
+                if !c.kind.is_empty() && !shared.registry.contains(&c.kind) {
+                    problems.push(Problem::new(
+                        format!("/dag_definition/nodes/{i}/compensate/type"),
+                        ProblemCode::UnknownNodeType,
+                        format!("no runner is registered for type {:?}", c.kind),
+                    ));
+                }
+            }
+            if problems.len() > 1000 {
+                break;
+            }
+        }
+        match dag {
+            Ok(dag) if problems.is_empty() => Ok(dag),
+            _ => Err(ValidationErrors(problems)),
+        }
+    }
+
+    /// Validates, journals and starts a job owned by `owner`; returns its id
+    /// once the submission is durable.
+    pub async fn submit(&self, spec: JobSpec, owner: &str) -> Result<JobId, ExecutorError> {
+        let now = self.shared().clock.now();
+        let id = JobId::generate(now, &mut rand::rng());
+        self.submit_with_id(id, spec, owner).await
+    }
+
+    /// Like [`Executor::submit`] with an id chosen by the caller (e.g. an
+    /// idempotency key). Submitting the same id twice is
+    /// [`StoreError::AlreadyExists`].
+    pub async fn submit_with_id(
+        &self,
+        id: JobId,
+        spec: JobSpec,
+        owner: &str,
+    ) -> Result<JobId, ExecutorError> {
+        let dag = self.validate(&spec)?;
+        let shared = self.shared();
+        let now = shared.clock.now();
+        let header = Arc::new(JobHeader {
+            id: id.clone(),
+            owner: owner.to_owned(),
+            created_at: now,
+            spec: Arc::new(spec),
+        });
+        let records = vec![
+            Record {
+                seq: 1,
+                at: now,
+                event: Event::Submitted {
+                    header: header.clone(),
+                },
+            },
+            Record {
+                seq: 2,
+                at: now,
+                event: Event::Queued,
+            },
+        ];
+        let mut view = JobView::new(header);
+        for r in &records[1..] {
+            view.apply(r)
+                .map_err(|e| ExecutorError::Store(StoreError::Invalid(e.to_string())))?;
+        }
+        let summary: JobSummary = view.summary();
+        shared.store.create_job(&summary, &records).await?;
+        let _ = shared.events.send(Arc::new(Batch {
+            job: id.clone(),
+            records,
+        }));
+        self.command(Command::Activate(Box::new(Activation {
+            view,
+            dag: Arc::new(dag),
+            recovering: false,
+        })))?;
+        Ok(id)
+    }
+
+    /// Loads an unfinished job from the store and hands it to the scheduler.
+    async fn resume(&self, id: &JobId) -> Result<(), ExecutorError> {
+        let shared = self.shared();
+        let view = shared.store.load_view(id).await?;
+        if view.state.is_terminal() {
+            return Ok(());
+        }
+        let dag =
+            Dag::compile(view.spec(), &shared.config.limits, &shared.policies).map_err(|e| {
+                ExecutorError::Store(StoreError::Corrupt {
+                    job: Some(id.clone()),
+                    key: "spec".into(),
+                    message: e.to_string(),
+                })
+            })?;
+        self.command(Command::Activate(Box::new(Activation {
+            view,
+            dag: Arc::new(dag),
+            recovering: true,
+        })))
+    }
+
+    fn command(&self, cmd: Command) -> Result<(), ExecutorError> {
+        self.handle
+            .tx
+            .send(cmd)
+            .map_err(|_| ExecutorError::ShutDown)
+    }
+
+    /// The job's current status, from the store.
+    pub async fn status(&self, id: &JobId) -> Result<JobStatus, ExecutorError> {
+        let view = self.shared().store.load_view(id).await?;
+        Ok(JobStatus::from_view(&view, self.shared().clock.now()))
+    }
+
+    /// Requests cancellation: running attempts are signalled and, after the
+    /// grace period, dropped; the job ends `cancelled`. Cancelling a finished
+    /// job is [`ExecutorError::AlreadyFinished`]; cancelling a job that is
+    /// already cancelling is a no-op.
+    pub async fn cancel(&self, id: &JobId, reason: Option<String>) -> Result<(), ExecutorError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Cancel {
+            job: id.clone(),
+            reason,
+            reply,
+        })?;
+        match rx.await.map_err(|_| ExecutorError::ShutDown)? {
+            Err(ExecutorError::NotFound(_)) => {
+                // Not active here: it is finished, or unknown.
+                let summary = self.shared().store.summary(id).await?;
+                Err(ExecutorError::AlreadyFinished {
+                    job: id.clone(),
+                    state: summary.progress.state,
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// Waits until the job is finished and returns its final status.
+    pub async fn wait(&self, id: &JobId) -> Result<JobStatus, ExecutorError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Wait {
+            job: id.clone(),
+            reply,
+        })?;
+        match rx.await.map_err(|_| ExecutorError::ShutDown)? {
+            Some(done) => {
+                let view = done.await.map_err(|_| ExecutorError::ShutDown)?;
+                Ok(JobStatus::from_view(&view, self.shared().clock.now()))
+            }
+            None => {
+                let status = self.status(id).await?;
+                if status.state.is_terminal() {
+                    Ok(status)
+                } else {
+                    // Unfinished but not active here: owned by no scheduler of
+                    // this process (e.g. a failed recovery).
+                    Err(ExecutorError::Store(StoreError::Invalid(format!(
+                        "job {id} is {} but not running in this executor",
+                        status.state
+                    ))))
+                }
+            }
+        }
+    }
+
+    /// Jobs, filtered and paginated, from the store.
+    pub async fn list(&self, query: &JobQuery) -> Result<JobPage, ExecutorError> {
+        Ok(self.shared().store.list_jobs(query).await?)
+    }
+
+    /// Ids of the jobs this executor is running now.
+    pub async fn active_jobs(&self) -> Result<Vec<JobId>, ExecutorError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Active { reply })?;
+        rx.await.map_err(|_| ExecutorError::ShutDown)
+    }
+
+    /// A live feed of every event journaled from now on.
+    pub fn subscribe(&self) -> Subscription {
+        Subscription {
+            rx: self.shared().events.subscribe(),
+            current: None,
+        }
+    }
+
+    /// Stops the scheduler now, like dropping the last handle. Running
+    /// attempts are dropped; unfinished jobs resume at the next start.
+    pub fn shutdown(self) {
+        self.handle.task.abort();
+    }
+}

@@ -1,0 +1,1049 @@
+//! The scheduler task: one owner for every active job's state.
+//!
+//! Each loop iteration (1) waits for a command, a finished attempt or a
+//! timer, (2) drains whatever else is already waiting, folding each fact into
+//! its job through the state machines and queueing the resulting records,
+//! (3) dispatches ready nodes under the global, per-job and per-pool limits,
+//! and (4) flushes: appends each touched job's records in one call, all jobs
+//! concurrently, and only then performs the "post-durable" effects (spawning
+//! attempts, arming timers, cancelling tokens, answering callers, publishing
+//! events). Draining before flushing is what batches records: under load one
+//! append carries many transitions.
+//!
+//! Hot-path costs per node are O(1) plus O(out-degree) for its successors:
+//! no journal replay, no whole-graph scan, no lock held across an await.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::DelayQueue;
+
+use super::attempt::{run_attempt, AttemptLimits};
+use super::{Activation, Batch, Command, ExecutorError, Shared};
+use crate::dag::Dag;
+use crate::failure::{Failure, FailureClass};
+use crate::journal::{Effect, Event, JobView, Record};
+use crate::retry::{seed_for, RetryContext, RetryPolicy, RetrySpec};
+use crate::runner::{Heartbeat, RunContext};
+use crate::state::{JobEffect, JobState, NodeEffect, NodeState, TriggerDecision, Upstream};
+use crate::time::{JobId, Timestamp};
+
+/// Most commands or finished attempts folded into one iteration, so a flood
+/// of completions cannot delay journaling (and thus dispatch) indefinitely.
+const MAX_DRAIN: usize = 4096;
+
+/// A finished attempt, as reported by its task.
+struct Finished {
+    slot: usize,
+    gen: u64,
+    node: u32,
+    attempt: u32,
+    result: Result<Value, Failure>,
+}
+
+/// Timers the scheduler arms.
+#[derive(Clone, Copy, Debug)]
+enum Timer {
+    Retry {
+        slot: usize,
+        gen: u64,
+        node: u32,
+        attempt: u32,
+    },
+    JobTimeout {
+        slot: usize,
+        gen: u64,
+    },
+    StoreRetry {
+        slot: usize,
+        gen: u64,
+    },
+}
+
+/// Effects performed only once the records that caused them are durable.
+enum Post {
+    Spawn {
+        node: u32,
+        attempt: u32,
+    },
+    Retry {
+        node: u32,
+        attempt: u32,
+        delay: Duration,
+    },
+    CancelAttempts,
+    Reply(oneshot::Sender<Result<(), ExecutorError>>),
+    Finish,
+}
+
+/// A ready node's dispatch order: node priority, then critical-path length,
+/// then spec order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct ReadyNode {
+    priority: i32,
+    critical: u32,
+    node: Reverse<u32>,
+}
+
+/// A job with dispatchable nodes: job priority first, then round-robin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct ReadyJob {
+    priority: i32,
+    turn: Reverse<u64>,
+    slot: usize,
+    gen: u64,
+}
+
+struct Pool {
+    limit: u32,
+    running: u32,
+    parked: BinaryHeap<ReadyNode>,
+}
+
+/// Everything the scheduler knows about one active job.
+struct ActiveJob {
+    gen: u64,
+    view: JobView,
+    dag: Arc<Dag>,
+    default_policy: Arc<dyn RetryPolicy>,
+    node_policies: HashMap<u32, Arc<dyn RetryPolicy>>,
+    upstream: Vec<Upstream>,
+    ready: BinaryHeap<ReadyNode>,
+    pools: Vec<Pool>,
+    pool_names: HashMap<String, usize>,
+    running: u32,
+    max_concurrency: u32,
+    in_heap: bool,
+    token: CancellationToken,
+    /// Records not yet handed to the store, and the effects they cause.
+    pending: Vec<Record>,
+    post: Vec<Post>,
+    /// A batch whose append failed: retried alone, exactly as it was, so an
+    /// append that did land is recognised as an idempotent replay.
+    failed: Option<(Vec<Record>, Vec<Post>)>,
+    durable: u64,
+    stalled: bool,
+    store_failures: u32,
+    finishing: bool,
+    last_snapshot: u64,
+    waiters: Vec<oneshot::Sender<JobView>>,
+    scratch: Vec<Event>,
+}
+
+impl ActiveJob {
+    fn id(&self) -> &JobId {
+        self.view.id()
+    }
+
+    fn policy(&self, node: u32) -> &Arc<dyn RetryPolicy> {
+        self.node_policies
+            .get(&node)
+            .unwrap_or(&self.default_policy)
+    }
+
+    fn dispatchable(&self) -> bool {
+        self.view.state == JobState::Running && !self.stalled && !self.finishing
+    }
+
+    fn wants_slot(&self) -> bool {
+        self.dispatchable() && !self.ready.is_empty() && self.running < self.max_concurrency
+    }
+
+    fn ready_node(&self, node: u32) -> ReadyNode {
+        let spec = &self.view.spec().nodes()[node as usize];
+        ReadyNode {
+            priority: spec.priority,
+            critical: self.dag.critical_path_len(node),
+            node: Reverse(node),
+        }
+    }
+
+    /// Appends `event` and everything it implies (downstream decisions,
+    /// cancellations), applying each to the view as it goes. Pre-durable
+    /// effects happen here; post-durable ones are queued in `post`.
+    fn emit(&mut self, now: Timestamp, event: Event) {
+        self.scratch.push(event);
+        while let Some(event) = self.scratch.pop() {
+            let record = Record {
+                seq: self.view.version + 1,
+                at: now,
+                event,
+            };
+            let effect = match self.view.apply(&record) {
+                Ok(effect) => effect,
+                Err(e) => {
+                    // The scheduler only emits transitions the view allows; a
+                    // rejection is a bug. Refuse it rather than journal it.
+                    tracing::error!(job = %self.id(), error = %e, "scheduler produced an invalid transition; dropped");
+                    debug_assert!(false, "invalid transition: {e}");
+                    continue;
+                }
+            };
+            self.pending.push(record);
+            self.react(effect);
+        }
+    }
+
+    fn react(&mut self, effect: Effect) {
+        match effect {
+            Effect::None
+            | Effect::Job(JobEffect::None)
+            | Effect::Node(
+                _,
+                NodeEffect::None | NodeEffect::RunCompensation | NodeEffect::DeadLetter,
+            ) => {}
+            Effect::Node(node, NodeEffect::Enqueue) => {
+                let r = self.ready_node(node);
+                self.ready.push(r);
+            }
+            Effect::Node(node, NodeEffect::RunAttempt) => {
+                let attempt = self.view.nodes[node as usize].machine.attempts;
+                self.post.push(Post::Spawn { node, attempt });
+            }
+            Effect::Node(node, NodeEffect::ScheduleRetry(delay)) => {
+                let attempt = self.view.nodes[node as usize].machine.attempts;
+                self.post.push(Post::Retry {
+                    node,
+                    attempt,
+                    delay,
+                });
+            }
+            Effect::Node(node, NodeEffect::ReleaseDownstream) => self.release_downstream(node),
+            Effect::Job(JobEffect::Dispatch) => self.evaluate_pending(),
+            Effect::Job(JobEffect::StopRunning) => {
+                self.ready.clear();
+                for pool in &mut self.pools {
+                    pool.parked.clear();
+                }
+                for i in 0..self.view.nodes.len() as u32 {
+                    if matches!(
+                        self.view.nodes[i as usize].state(),
+                        NodeState::Pending | NodeState::Ready | NodeState::RetryWaiting
+                    ) {
+                        self.scratch.push(Event::NodeCancelled { node: i });
+                    }
+                }
+                self.post.push(Post::CancelAttempts);
+            }
+            Effect::Job(JobEffect::Finished) => self.post.push(Post::Finish),
+        }
+    }
+
+    /// Counts `node`'s outcome in each successor and applies any trigger
+    /// decision that becomes possible.
+    fn release_downstream(&mut self, node: u32) {
+        let state = self.view.nodes[node as usize].state();
+        let dag = Arc::clone(&self.dag);
+        let deciding = matches!(self.view.state, JobState::Running | JobState::Recovering);
+        for &s in dag.successors(node) {
+            self.upstream[s as usize].record(state);
+            if deciding && self.view.nodes[s as usize].state() == NodeState::Pending {
+                self.decide(s);
+            }
+        }
+    }
+
+    fn decide(&mut self, node: u32) {
+        let rule = self.view.spec().nodes()[node as usize].trigger;
+        let event = match rule.decide(self.upstream[node as usize]) {
+            TriggerDecision::Wait => return,
+            TriggerDecision::Run => Event::NodeReady { node },
+            TriggerDecision::Skip => Event::NodeSkipped { node },
+            TriggerDecision::UpstreamFailed => Event::NodeUpstreamFailed { node },
+        };
+        self.scratch.push(event);
+    }
+
+    /// Decides every pending node that can be decided (at start: roots and
+    /// `always` nodes; after recovery: anything left undecided).
+    fn evaluate_pending(&mut self) {
+        for i in 0..self.view.nodes.len() as u32 {
+            if self.view.nodes[i as usize].state() == NodeState::Pending {
+                self.decide(i);
+            }
+        }
+    }
+
+    /// Emits the job's final record once every node is finished and no
+    /// attempt is in flight.
+    fn check_done(&mut self, now: Timestamp) {
+        let over = matches!(self.view.state, JobState::Running | JobState::Cancelling)
+            && self.running == 0
+            && self.view.finished_nodes() as usize == self.view.nodes.len();
+        if over && !self.finishing {
+            self.finishing = true;
+            let state = self.view.outcome();
+            self.emit(now, Event::Finished { state });
+        }
+    }
+
+    fn retry_delay(
+        &self,
+        node: u32,
+        attempt: u32,
+        class: FailureClass,
+        now: Timestamp,
+    ) -> Option<Duration> {
+        if self.view.state != JobState::Running && self.view.state != JobState::Recovering {
+            return None;
+        }
+        if class == FailureClass::Cancelled {
+            return None;
+        }
+        let first = self.view.nodes[node as usize]
+            .first_started_at
+            .unwrap_or(now);
+        let ctx = RetryContext {
+            attempt,
+            class,
+            seed: seed_for(self.id(), node),
+            elapsed: Duration::from_millis(now.saturating_since(first)),
+        };
+        self.policy(node).next_delay(&ctx)
+    }
+}
+
+pub(crate) struct Scheduler {
+    shared: Arc<Shared>,
+    rx: mpsc::UnboundedReceiver<Command>,
+    jobs: Vec<Option<ActiveJob>>,
+    free: Vec<usize>,
+    by_id: HashMap<JobId, usize>,
+    next_gen: u64,
+    turn: u64,
+    attempts: JoinSet<Finished>,
+    timers: DelayQueue<Timer>,
+    job_heap: BinaryHeap<ReadyJob>,
+    running: usize,
+    dirty: Vec<usize>,
+}
+
+enum Wake {
+    Command(Command),
+    Closed,
+    Finished(Result<Finished, tokio::task::JoinError>),
+    Timer(Timer),
+}
+
+impl Scheduler {
+    pub(crate) fn new(shared: Arc<Shared>, rx: mpsc::UnboundedReceiver<Command>) -> Self {
+        Self {
+            shared,
+            rx,
+            jobs: Vec::new(),
+            free: Vec::new(),
+            by_id: HashMap::new(),
+            next_gen: 1,
+            turn: 0,
+            attempts: JoinSet::new(),
+            timers: DelayQueue::new(),
+            job_heap: BinaryHeap::new(),
+            running: 0,
+            dirty: Vec::new(),
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        loop {
+            let wake = tokio::select! {
+                biased;
+                res = self.attempts.join_next(), if !self.attempts.is_empty() => match res {
+                    Some(r) => Wake::Finished(r),
+                    None => continue,
+                },
+                cmd = self.rx.recv() => cmd.map_or(Wake::Closed, Wake::Command),
+                exp = poll_fn(|cx| self.timers.poll_expired(cx)), if !self.timers.is_empty() => match exp {
+                    Some(e) => Wake::Timer(e.into_inner()),
+                    None => continue,
+                },
+            };
+            match wake {
+                Wake::Closed => return,
+                Wake::Command(c) => self.command(c),
+                Wake::Finished(r) => self.joined(r),
+                Wake::Timer(t) => self.timer(t),
+            }
+            for _ in 0..MAX_DRAIN {
+                match self.attempts.try_join_next() {
+                    Some(r) => self.joined(r),
+                    None => break,
+                }
+            }
+            for _ in 0..MAX_DRAIN {
+                match self.rx.try_recv() {
+                    Ok(c) => self.command(c),
+                    Err(_) => break,
+                }
+            }
+            self.dispatch();
+            self.flush().await;
+        }
+    }
+
+    fn job(&mut self, slot: usize, gen: u64) -> Option<&mut ActiveJob> {
+        self.jobs.get_mut(slot)?.as_mut().filter(|j| j.gen == gen)
+    }
+
+    fn mark(&mut self, slot: usize) {
+        self.dirty.push(slot);
+        self.requeue(slot);
+    }
+
+    /// Puts the job in the dispatch heap if it can use a slot.
+    fn requeue(&mut self, slot: usize) {
+        let Some(job) = self.jobs[slot].as_mut() else {
+            return;
+        };
+        if !job.in_heap && job.wants_slot() {
+            job.in_heap = true;
+            self.turn += 1;
+            self.job_heap.push(ReadyJob {
+                priority: job.view.spec().priority,
+                turn: Reverse(self.turn),
+                slot,
+                gen: job.gen,
+            });
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Activate(a) => self.activate(*a),
+            Command::Cancel { job, reason, reply } => {
+                let Some(&slot) = self.by_id.get(&job) else {
+                    let _ = reply.send(Err(ExecutorError::NotFound(job)));
+                    return;
+                };
+                let now = self.shared.clock.now();
+                let Some(j) = self.jobs[slot].as_mut() else {
+                    return;
+                };
+                match j.view.state {
+                    JobState::Cancelling => {
+                        // Answer after whatever is pending is durable.
+                        j.post.push(Post::Reply(reply));
+                    }
+                    _ if j.finishing => {
+                        let _ = reply.send(Err(ExecutorError::AlreadyFinished {
+                            job,
+                            state: j.view.outcome(),
+                        }));
+                        return;
+                    }
+                    _ => {
+                        j.emit(now, Event::CancelRequested { reason });
+                        j.post.push(Post::Reply(reply));
+                        j.check_done(now);
+                    }
+                }
+                self.mark(slot);
+            }
+            Command::Wait { job, reply } => {
+                let rx = self.by_id.get(&job).and_then(|&slot| {
+                    let j = self.jobs[slot].as_mut()?;
+                    let (tx, rx) = oneshot::channel();
+                    j.waiters.push(tx);
+                    Some(rx)
+                });
+                let _ = reply.send(rx);
+            }
+            Command::Active { reply } => {
+                let mut ids: Vec<JobId> = self.by_id.keys().cloned().collect();
+                ids.sort_unstable();
+                let _ = reply.send(ids);
+            }
+        }
+    }
+
+    fn activate(&mut self, a: Activation) {
+        let Activation {
+            view,
+            dag,
+            recovering,
+        } = a;
+        if self.by_id.contains_key(view.id()) {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        let spec = Arc::clone(view.spec());
+        let compile = |r: Option<&RetrySpec>| -> Arc<dyn RetryPolicy> {
+            let default_spec = RetrySpec::default();
+            let spec = r.unwrap_or(&default_spec);
+            spec.compile(&shared.config.retry, &shared.policies).unwrap_or_else(|e| {
+                tracing::warn!(job = %view.id(), error = %e, "retry policy no longer compiles; falling back to the default");
+                RetrySpec::default()
+                    .compile(&shared.config.retry, &shared.policies)
+                    .unwrap_or_else(|_| Arc::new(NoRetry))
+            })
+        };
+        let default_policy = compile(spec.retry.as_ref());
+        let node_policies = spec
+            .nodes()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.retry.as_ref().map(|r| (i as u32, compile(Some(r)))))
+            .collect();
+        let pool_names: HashMap<String, usize> = spec
+            .pools
+            .keys()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), i))
+            .collect();
+        let pools = spec
+            .pools
+            .values()
+            .map(|&limit| Pool {
+                limit,
+                running: 0,
+                parked: BinaryHeap::new(),
+            })
+            .collect();
+
+        // Rebuild the upstream counters from the folded states.
+        let n = view.nodes.len();
+        let mut upstream: Vec<Upstream> = (0..n as u32)
+            .map(|i| Upstream {
+                total: dag.indegree(i),
+                ..Upstream::default()
+            })
+            .collect();
+        if recovering {
+            for i in 0..n as u32 {
+                let state = view.nodes[i as usize].state();
+                if state.is_finished() {
+                    for &s in dag.successors(i) {
+                        upstream[s as usize].record(state);
+                    }
+                }
+            }
+        }
+
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.jobs.push(None);
+            self.jobs.len() - 1
+        });
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        let job_timeout = spec
+            .timeout
+            .map_or(self.shared.config.job_timeout, |t| t.get());
+        let durable = view.version;
+        let mut job = ActiveJob {
+            gen,
+            dag,
+            default_policy,
+            node_policies,
+            upstream,
+            ready: BinaryHeap::new(),
+            pools,
+            pool_names,
+            running: 0,
+            max_concurrency: spec.max_concurrency.unwrap_or(u32::MAX),
+            in_heap: false,
+            token: CancellationToken::new(),
+            pending: Vec::new(),
+            post: Vec::new(),
+            failed: None,
+            durable,
+            stalled: false,
+            store_failures: 0,
+            finishing: false,
+            last_snapshot: durable,
+            waiters: Vec::new(),
+            scratch: Vec::new(),
+            view,
+        };
+        let now = self.shared.clock.now();
+        let mut timeout_in = Some(job_timeout);
+        match job.view.state {
+            JobState::Pending => {
+                job.emit(now, Event::Queued);
+                job.emit(now, Event::Started);
+            }
+            JobState::Queued => job.emit(now, Event::Started),
+            JobState::Running | JobState::Recovering | JobState::Cancelling => {
+                if let Some(started) = job.view.started_at {
+                    let spent = Duration::from_millis(now.saturating_since(started));
+                    timeout_in = Some(job_timeout.saturating_sub(spent));
+                }
+                if job.view.state != JobState::Recovering {
+                    job.emit(now, Event::RecoveryStarted);
+                }
+                self.recover_nodes(&mut job, now);
+                job.emit(now, Event::RecoveryFinished);
+                if job.view.state == JobState::Cancelling {
+                    timeout_in = None;
+                    job.post.push(Post::CancelAttempts);
+                }
+            }
+            // Terminal jobs are never activated.
+            _ => return,
+        }
+        job.check_done(now);
+        let id = job.id().clone();
+        self.jobs[slot] = Some(job);
+        self.by_id.insert(id, slot);
+        if let Some(t) = timeout_in {
+            self.timers.insert(Timer::JobTimeout { slot, gen }, t);
+        }
+        self.mark(slot);
+    }
+
+    /// Brings a recovered job's nodes back into motion: in-flight attempts
+    /// are recorded as interrupted, ready nodes re-queued, retry timers
+    /// re-armed, and undecided pending nodes decided.
+    fn recover_nodes(&self, job: &mut ActiveJob, now: Timestamp) {
+        for i in 0..job.view.nodes.len() as u32 {
+            let node = &job.view.nodes[i as usize];
+            match node.state() {
+                NodeState::Running => {
+                    let attempt = node.machine.attempts;
+                    let failure = Failure::infrastructure(
+                        "attempt interrupted: the process running it stopped before it finished",
+                    );
+                    let retry_in = job.retry_delay(i, attempt, failure.class, now);
+                    job.emit(
+                        now,
+                        Event::NodeFailed {
+                            node: i,
+                            attempt,
+                            failure,
+                            retry_in_ms: retry_in.map(|d| d.as_millis() as u64),
+                        },
+                    );
+                }
+                NodeState::Ready => {
+                    let r = job.ready_node(i);
+                    job.ready.push(r);
+                }
+                NodeState::RetryWaiting => {
+                    let due = node.retry_at.unwrap_or(now);
+                    job.post.push(Post::Retry {
+                        node: i,
+                        attempt: node.machine.attempts,
+                        delay: Duration::from_millis(due.saturating_since(now)),
+                    });
+                }
+                _ => {}
+            }
+        }
+        if job.view.state != JobState::Cancelling {
+            job.evaluate_pending();
+            job.scratch.reverse();
+            let events = std::mem::take(&mut job.scratch);
+            for e in events {
+                job.emit(now, e);
+            }
+        }
+    }
+
+    fn joined(&mut self, res: Result<Finished, tokio::task::JoinError>) {
+        let f = match res {
+            Ok(f) => f,
+            // Attempt tasks catch runner panics, and are only cancelled when
+            // the scheduler itself is dropped; neither reaches here.
+            Err(e) => {
+                tracing::error!(error = %e, "attempt task failed outside its runner");
+                return;
+            }
+        };
+        self.running -= 1;
+        let now = self.shared.clock.now();
+        let Some(job) = self.job(f.slot, f.gen) else {
+            return;
+        };
+        job.running -= 1;
+        let node = &job.view.nodes[f.node as usize];
+        if node.state() != NodeState::Running || node.machine.attempts != f.attempt {
+            return;
+        }
+        if let Some(pool) = job.view.spec().nodes()[f.node as usize].pool.as_ref() {
+            if let Some(&p) = job.pool_names.get(pool) {
+                let pool = &mut job.pools[p];
+                pool.running -= 1;
+                if let Some(r) = pool.parked.pop() {
+                    job.ready.push(r);
+                }
+            }
+        }
+        let event = match f.result {
+            Ok(output) => Event::NodeSucceeded {
+                node: f.node,
+                attempt: f.attempt,
+                output,
+            },
+            Err(failure) => {
+                let retry_in = job.retry_delay(f.node, f.attempt, failure.class, now);
+                Event::NodeFailed {
+                    node: f.node,
+                    attempt: f.attempt,
+                    failure,
+                    retry_in_ms: retry_in.map(|d| d.as_millis() as u64),
+                }
+            }
+        };
+        job.emit(now, event);
+        job.check_done(now);
+        self.mark(f.slot);
+    }
+
+    fn timer(&mut self, t: Timer) {
+        let now = self.shared.clock.now();
+        match t {
+            Timer::Retry {
+                slot,
+                gen,
+                node,
+                attempt,
+            } => {
+                let Some(job) = self.job(slot, gen) else {
+                    return;
+                };
+                let n = &job.view.nodes[node as usize];
+                if n.state() == NodeState::RetryWaiting && n.machine.attempts == attempt {
+                    job.emit(now, Event::NodeRetryDue { node });
+                    self.mark(slot);
+                }
+            }
+            Timer::JobTimeout { slot, gen } => {
+                let Some(job) = self.job(slot, gen) else {
+                    return;
+                };
+                if matches!(job.view.state, JobState::Running | JobState::Recovering)
+                    && !job.finishing
+                {
+                    job.emit(now, Event::TimeoutReached);
+                    job.check_done(now);
+                    self.mark(slot);
+                }
+            }
+            Timer::StoreRetry { slot, gen } => {
+                let Some(job) = self.job(slot, gen) else {
+                    return;
+                };
+                job.stalled = false;
+                self.mark(slot);
+            }
+        }
+    }
+
+    fn dispatch(&mut self) {
+        let max = self.shared.config.max_concurrent_nodes.max(1);
+        let now = self.shared.clock.now();
+        while self.running < max {
+            let Some(entry) = self.job_heap.pop() else {
+                break;
+            };
+            let Some(job) = self.jobs.get_mut(entry.slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            if job.gen != entry.gen {
+                continue;
+            }
+            job.in_heap = false;
+            if !job.wants_slot() {
+                continue;
+            }
+            // Take this job's best node whose pool has room.
+            while let Some(r) = job.ready.pop() {
+                let node = r.node.0;
+                let pool = job.view.spec().nodes()[node as usize]
+                    .pool
+                    .as_ref()
+                    .and_then(|p| job.pool_names.get(p).copied());
+                if let Some(p) = pool {
+                    let pool = &mut job.pools[p];
+                    if pool.running >= pool.limit {
+                        pool.parked.push(r);
+                        continue;
+                    }
+                    pool.running += 1;
+                }
+                let attempt = job.view.nodes[node as usize].machine.attempts + 1;
+                job.emit(now, Event::NodeStarted { node, attempt });
+                job.running += 1;
+                self.running += 1;
+                break;
+            }
+            self.dirty.push(entry.slot);
+            self.requeue(entry.slot);
+        }
+    }
+
+    async fn flush(&mut self) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        // Take each job's batch: a failed batch alone first, else everything pending.
+        let mut batches: Vec<(usize, bool, Vec<Record>)> = Vec::with_capacity(dirty.len());
+        for &slot in &dirty {
+            let Some(job) = self.jobs[slot].as_mut() else {
+                continue;
+            };
+            if job.stalled {
+                continue;
+            }
+            if let Some((records, _)) = job.failed.as_mut() {
+                batches.push((slot, true, std::mem::take(records)));
+            } else if !job.pending.is_empty() {
+                let records = std::mem::take(&mut job.pending);
+                batches.push((slot, false, records));
+            }
+        }
+        if batches.is_empty() {
+            // Nothing to journal, but post effects (e.g. a reply) may wait.
+            for slot in dirty {
+                self.perform(slot, None);
+            }
+            return;
+        }
+        let store = Arc::clone(&self.shared.store);
+        let results = {
+            let jobs = &self.jobs;
+            let appends = batches.iter().map(|(slot, _, records)| {
+                let job = jobs[*slot].as_ref();
+                let store = &store;
+                async move {
+                    let Some(job) = job else {
+                        return Err(crate::store::StoreError::Invalid("job vanished".into()));
+                    };
+                    let mut view_progress = job.view.progress();
+                    // The summary must describe exactly the durable prefix.
+                    view_progress.version = job.durable + records.len() as u64;
+                    store
+                        .append(job.id(), job.durable, records, &view_progress)
+                        .await
+                }
+            });
+            futures::future::join_all(appends).await
+        };
+        for ((slot, was_failed, records), result) in batches.into_iter().zip(results) {
+            match result {
+                Ok(version) => {
+                    let Some(job) = self.jobs[slot].as_mut() else {
+                        continue;
+                    };
+                    job.durable = version;
+                    job.store_failures = 0;
+                    let post = if was_failed {
+                        job.failed.take().map(|(_, p)| p).unwrap_or_default()
+                    } else {
+                        std::mem::take(&mut job.post)
+                    };
+                    self.publish(slot, records);
+                    self.perform(slot, Some(post));
+                    // A replayed failed batch may leave newer records pending.
+                    if let Some(job) = self.jobs[slot].as_ref() {
+                        if !job.pending.is_empty() {
+                            self.dirty.push(slot);
+                        }
+                    }
+                }
+                Err(crate::store::StoreError::Conflict {
+                    job,
+                    expected,
+                    actual,
+                }) => {
+                    // Someone else wrote to this job: this executor no longer
+                    // owns it and must stop acting for it.
+                    tracing::error!(%job, expected, actual, "journal conflict; releasing the job");
+                    self.release(slot);
+                }
+                Err(e) => {
+                    let Some(job) = self.jobs[slot].as_mut() else {
+                        continue;
+                    };
+                    let post = if was_failed {
+                        job.failed.take().map(|(_, p)| p).unwrap_or_default()
+                    } else {
+                        std::mem::take(&mut job.post)
+                    };
+                    job.failed = Some((records, post));
+                    job.stalled = true;
+                    job.store_failures += 1;
+                    let cfg = &self.shared.config;
+                    let delay = cfg
+                        .store_retry_initial
+                        .saturating_mul(1u32 << job.store_failures.min(16).saturating_sub(1))
+                        .min(cfg.store_retry_max);
+                    tracing::warn!(job = %job.id(), error = %e, retry_in_ms = delay.as_millis() as u64,
+                        "journal append failed; dispatch for this job is paused");
+                    let gen = job.gen;
+                    self.timers.insert(Timer::StoreRetry { slot, gen }, delay);
+                }
+            }
+        }
+    }
+
+    fn publish(&mut self, slot: usize, mut records: Vec<Record>) {
+        let Some(job) = self.jobs[slot].as_mut() else {
+            return;
+        };
+        if self.shared.events.receiver_count() > 0 {
+            let _ = self.shared.events.send(Arc::new(Batch {
+                job: job.id().clone(),
+                records,
+            }));
+        } else if job.pending.is_empty() {
+            // Reuse the buffer: steady-state journaling allocates nothing.
+            records.clear();
+            job.pending = records;
+        }
+    }
+
+    /// Performs effects whose records are durable.
+    fn perform(&mut self, slot: usize, post: Option<Vec<Post>>) {
+        let Some(job) = self.jobs[slot].as_mut() else {
+            return;
+        };
+        let post = match post {
+            Some(p) => p,
+            None if job.pending.is_empty() && job.failed.is_none() => std::mem::take(&mut job.post),
+            None => return,
+        };
+        let mut finished = false;
+        for p in post {
+            match p {
+                Post::Spawn { node, attempt } => self.spawn(slot, node, attempt),
+                Post::Retry {
+                    node,
+                    attempt,
+                    delay,
+                } => {
+                    let gen = self.jobs[slot].as_ref().map_or(0, |j| j.gen);
+                    self.timers.insert(
+                        Timer::Retry {
+                            slot,
+                            gen,
+                            node,
+                            attempt,
+                        },
+                        delay,
+                    );
+                }
+                Post::CancelAttempts => {
+                    if let Some(job) = self.jobs[slot].as_ref() {
+                        job.token.cancel();
+                    }
+                }
+                Post::Reply(tx) => {
+                    let _ = tx.send(Ok(()));
+                }
+                Post::Finish => finished = true,
+            }
+        }
+        if let Some(job) = self.jobs[slot].as_mut() {
+            let every = self
+                .shared
+                .config
+                .snapshot_every
+                .max(4 * job.view.nodes.len() as u64);
+            if !finished
+                && job.view.version == job.durable
+                && job.durable - job.last_snapshot >= every
+            {
+                job.last_snapshot = job.durable;
+                let snapshot = crate::journal::Snapshot {
+                    view: job.view.clone(),
+                };
+                let store = Arc::clone(&self.shared.store);
+                let id = job.id().clone();
+                tokio::spawn(async move {
+                    if let Err(e) = store.put_snapshot(&id, &snapshot).await {
+                        tracing::warn!(job = %id, error = %e, "snapshot failed; recovery will replay more");
+                    }
+                });
+            }
+        }
+        if finished {
+            if let Some(job) = self.jobs[slot].as_mut() {
+                for w in job.waiters.drain(..) {
+                    let _ = w.send(job.view.clone());
+                }
+            }
+            self.release(slot);
+        }
+    }
+
+    /// Forgets a job (finished, or no longer ours).
+    fn release(&mut self, slot: usize) {
+        if let Some(job) = self.jobs[slot].take() {
+            job.token.cancel();
+            self.by_id.remove(job.id());
+            self.free.push(slot);
+        }
+    }
+
+    fn spawn(&mut self, slot: usize, node: u32, attempt: u32) {
+        let Some(job) = self.jobs[slot].as_ref() else {
+            return;
+        };
+        let spec = Arc::clone(job.view.spec());
+        let node_spec = &spec.nodes()[node as usize];
+        let runner = self.shared.registry.get(&node_spec.kind).cloned();
+        let limits = AttemptLimits {
+            deadline: node_spec
+                .timeout
+                .map(|t| tokio::time::Instant::now() + t.get()),
+            heartbeat_timeout: node_spec.heartbeat_timeout.map(|t| t.get()),
+            grace: self.shared.config.cancel_grace,
+        };
+        // Attempts with their own limits get a child token so a timeout can
+        // stop just this attempt; others share the job's token.
+        let token = if limits.deadline.is_some() || limits.heartbeat_timeout.is_some() {
+            job.token.child_token()
+        } else {
+            job.token.clone()
+        };
+        let heartbeat = if limits.heartbeat_timeout.is_some() {
+            Heartbeat::live()
+        } else {
+            Heartbeat::disabled()
+        };
+        let job_token = job.token.clone();
+        let ctx = RunContext::new(job.id().clone(), spec.clone(), node, attempt)
+            .with_deadline(limits.deadline)
+            .with_cancel(token)
+            .with_heartbeat(heartbeat);
+        let gen = job.gen;
+        let kind = node_spec.kind.clone();
+        self.attempts.spawn(async move {
+            let result = match runner {
+                Some(runner) => run_attempt(runner, ctx, limits, job_token).await,
+                None => Err(Failure::permanent(format!(
+                    "no runner is registered for type {kind:?}"
+                ))),
+            };
+            Finished {
+                slot,
+                gen,
+                node,
+                attempt,
+                result,
+            }
+        });
+    }
+}
+
+/// The policy of last resort when even the default no longer compiles.
+#[derive(Debug)]
+struct NoRetry;
+
+impl RetryPolicy for NoRetry {
+    fn next_delay(&self, _ctx: &RetryContext) -> Option<Duration> {
+        None
+    }
+    fn max_attempts(&self) -> u32 {
+        1
+    }
+}
