@@ -258,7 +258,7 @@ impl ParseError {
             "invalid_value"
         };
         let mut pointer = String::new();
-        for segment in path.iter() {
+        for segment in path {
             use serde_path_to_error::Segment;
             pointer.push('/');
             match segment {

@@ -490,7 +490,7 @@ impl Upstream {
     pub fn record(&mut self, state: NodeState) {
         match state {
             NodeState::Succeeded | NodeState::Compensating | NodeState::Compensated => {
-                self.succeeded += 1
+                self.succeeded += 1;
             }
             NodeState::Skipped => self.skipped += 1,
             _ => self.failed += 1,

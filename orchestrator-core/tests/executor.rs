@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use orchestrator_core::journal::{Progress, Record, Snapshot};
 use orchestrator_core::store::{JobPage, JobQuery};
 use orchestrator_core::{
-    Event, Executor, ExecutorConfig, ExecutorError, Failure, FailureClass, JobId, JobSpec, JobState, JobSummary,
-    JobView, MemoryStore, NodeSpec, NodeState, Registry, RunContext, Runner, Store, StoreError, StoreExt,
-    TriggerRule,
+    Event, Executor, ExecutorConfig, ExecutorError, Failure, FailureClass, JobId, JobSpec,
+    JobState, JobSummary, JobView, MemoryStore, NodeSpec, NodeState, Registry, RunContext, Runner,
+    Store, StoreError, StoreExt, TriggerRule,
 };
 use serde_json::Value;
 use tokio::time::Instant;
@@ -145,7 +145,12 @@ async fn executor_with(store: Arc<dyn Store>, probe: &Probe, config: ExecutorCon
 }
 
 async fn executor(probe: &Probe) -> Executor {
-    executor_with(Arc::new(MemoryStore::new()), probe, ExecutorConfig::default()).await
+    executor_with(
+        Arc::new(MemoryStore::new()),
+        probe,
+        ExecutorConfig::default(),
+    )
+    .await
 }
 
 fn node(id: &str) -> NodeSpec {
@@ -163,8 +168,16 @@ fn assert_dependency_order(probe: &Probe, spec: &JobSpec) {
         let starts = runs.iter().filter(|r| r.node == n.id).map(|r| r.start);
         for start in starts {
             for dep in &n.depends_on {
-                let dep_end = runs.iter().filter(|r| &r.node == dep).filter_map(|r| r.end).max();
-                assert!(dep_end.is_some_and(|e| e <= start), "{} started before {dep} ended", n.id);
+                let dep_end = runs
+                    .iter()
+                    .filter(|r| &r.node == dep)
+                    .filter_map(|r| r.end)
+                    .max();
+                assert!(
+                    dep_end.is_some_and(|e| e <= start),
+                    "{} started before {dep} ended",
+                    n.id
+                );
             }
         }
     }
@@ -184,7 +197,10 @@ async fn runs_a_diamond_in_dependency_order() {
     let status = ex.wait(&id).await.unwrap();
     assert_eq!(status.state, JobState::Succeeded);
     assert_eq!(status.progress_percent, 100.0);
-    assert!(status.nodes.iter().all(|n| n.state == NodeState::Succeeded && n.attempts == 1));
+    assert!(status
+        .nodes
+        .iter()
+        .all(|n| n.state == NodeState::Succeeded && n.attempts == 1));
     assert_dependency_order(&probe, &spec);
     // b and c ran in parallel.
     assert_eq!(probe.max_in_flight(), 2);
@@ -206,12 +222,36 @@ async fn failures_propagate_through_trigger_rules() {
         .node(node("ok"))
         .node(node("needs_a").depends_on(["a"]))
         .node(node("after_needs_a").depends_on(["needs_a"]))
-        .node(node("report").depends_on(["a", "ok"]).trigger(TriggerRule::AllDone))
-        .node(node("on_failure").depends_on(["a"]).trigger(TriggerRule::OneFailed))
-        .node(node("all_failed").depends_on(["a"]).trigger(TriggerRule::AllFailed))
-        .node(node("not_all_failed").depends_on(["a", "ok"]).trigger(TriggerRule::AllFailed))
-        .node(node("one_success").depends_on(["a", "ok"]).trigger(TriggerRule::OneSuccess))
-        .node(node("none_failed").depends_on(["a"]).trigger(TriggerRule::NoneFailed))
+        .node(
+            node("report")
+                .depends_on(["a", "ok"])
+                .trigger(TriggerRule::AllDone),
+        )
+        .node(
+            node("on_failure")
+                .depends_on(["a"])
+                .trigger(TriggerRule::OneFailed),
+        )
+        .node(
+            node("all_failed")
+                .depends_on(["a"])
+                .trigger(TriggerRule::AllFailed),
+        )
+        .node(
+            node("not_all_failed")
+                .depends_on(["a", "ok"])
+                .trigger(TriggerRule::AllFailed),
+        )
+        .node(
+            node("one_success")
+                .depends_on(["a", "ok"])
+                .trigger(TriggerRule::OneSuccess),
+        )
+        .node(
+            node("none_failed")
+                .depends_on(["a"])
+                .trigger(TriggerRule::NoneFailed),
+        )
         .build();
     let id = ex.submit(spec, "alice").await.unwrap();
     let s = ex.wait(&id).await.unwrap();
@@ -231,7 +271,10 @@ async fn failures_propagate_through_trigger_rules() {
     for (id, state) in expect {
         assert_eq!(state_of(&s, id), state, "{id}");
     }
-    assert_eq!(s.node("a").unwrap().last_error.as_ref().unwrap().class, FailureClass::Permanent);
+    assert_eq!(
+        s.node("a").unwrap().last_error.as_ref().unwrap().class,
+        FailureClass::Permanent
+    );
     assert_eq!(probe.runs_of("needs_a"), 0);
 }
 
@@ -241,14 +284,30 @@ async fn skips_cascade_and_none_failed_tolerates_them() {
     let ex = executor(&probe).await;
     let spec = JobSpec::builder("skips")
         .node(node("a"))
-        .node(node("only_on_failure").depends_on(["a"]).trigger(TriggerRule::AllFailed))
+        .node(
+            node("only_on_failure")
+                .depends_on(["a"])
+                .trigger(TriggerRule::AllFailed),
+        )
         .node(node("downstream").depends_on(["only_on_failure"]))
-        .node(node("tolerant").depends_on(["only_on_failure", "a"]).trigger(TriggerRule::NoneFailed))
-        .node(node("strict").depends_on(["only_on_failure"]).trigger(TriggerRule::NoneSkipped))
+        .node(
+            node("tolerant")
+                .depends_on(["only_on_failure", "a"])
+                .trigger(TriggerRule::NoneFailed),
+        )
+        .node(
+            node("strict")
+                .depends_on(["only_on_failure"])
+                .trigger(TriggerRule::NoneSkipped),
+        )
         .build();
     let id = ex.submit(spec, "bob").await.unwrap();
     let s = ex.wait(&id).await.unwrap();
-    assert_eq!(s.state, JobState::Succeeded, "skipped nodes do not fail a job");
+    assert_eq!(
+        s.state,
+        JobState::Succeeded,
+        "skipped nodes do not fail a job"
+    );
     assert_eq!(state_of(&s, "only_on_failure"), NodeState::Skipped);
     assert_eq!(state_of(&s, "downstream"), NodeState::Skipped);
     assert_eq!(state_of(&s, "tolerant"), NodeState::Succeeded);
@@ -337,7 +396,10 @@ async fn cancellation_is_graceful_and_final() {
         other => panic!("expected AlreadyFinished, got {other:?}"),
     }
     let missing: JobId = "no-such-job".parse().unwrap();
-    assert!(matches!(ex.cancel(&missing, None).await, Err(ExecutorError::NotFound(_))));
+    assert!(matches!(
+        ex.cancel(&missing, None).await,
+        Err(ExecutorError::NotFound(_))
+    ));
 }
 
 #[tokio::test(start_paused = true)]
@@ -353,7 +415,10 @@ async fn node_timeout_ends_the_attempt() {
     let s = ex.wait(&id).await.unwrap();
     assert_eq!(s.state, JobState::Failed);
     assert_eq!(state_of(&s, "stuck"), NodeState::TimedOut);
-    assert_eq!(s.node("stuck").unwrap().last_error.as_ref().unwrap().class, FailureClass::Timeout);
+    assert_eq!(
+        s.node("stuck").unwrap().last_error.as_ref().unwrap().class,
+        FailureClass::Timeout
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -410,7 +475,9 @@ async fn missed_heartbeats_are_an_infrastructure_failure() {
 async fn unknown_types_are_rejected_before_anything_is_stored() {
     let probe = Probe::default();
     let ex = executor(&probe).await;
-    let spec = JobSpec::builder("bad").node(NodeSpec::new("x", "warp_drive")).build();
+    let spec = JobSpec::builder("bad")
+        .node(NodeSpec::new("x", "warp_drive"))
+        .build();
     match ex.submit(spec, "a").await {
         Err(ExecutorError::Invalid(e)) => {
             assert_eq!(e.problems()[0].path, "/dag_definition/nodes/0/type");
@@ -426,12 +493,18 @@ async fn subscribers_see_every_event_in_order() {
     let probe = Probe::default();
     let ex = executor(&probe).await;
     let mut sub = ex.subscribe();
-    let spec = JobSpec::builder("events").node(node("a")).node(node("b").depends_on(["a"])).build();
+    let spec = JobSpec::builder("events")
+        .node(node("a"))
+        .node(node("b").depends_on(["a"]))
+        .build();
     let id = ex.submit(spec, "a").await.unwrap();
     ex.wait(&id).await.unwrap();
     let mut names = Vec::new();
     let mut last_seq = 0;
-    while let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(10), sub.recv()).await.unwrap_or(Ok(None)) {
+    while let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(10), sub.recv())
+        .await
+        .unwrap_or(Ok(None))
+    {
         assert_eq!(n.job, id);
         assert_eq!(n.record.seq, last_seq + 1, "no gaps, in order");
         last_seq = n.record.seq;
@@ -466,7 +539,11 @@ async fn recovery_never_reruns_succeeded_nodes() {
     let mut sub = ex.subscribe();
     let s = ex.wait(&id).await.unwrap();
     assert_eq!(s.state, JobState::Succeeded);
-    assert_eq!(probe.runs_of("a"), 1, "a succeeded before the crash and must not run again");
+    assert_eq!(
+        probe.runs_of("a"),
+        1,
+        "a succeeded before the crash and must not run again"
+    );
     assert_eq!(probe.runs_of("b"), 2);
     let b = s.node("b").unwrap();
     assert_eq!(b.attempts, 2);
@@ -474,12 +551,17 @@ async fn recovery_never_reruns_succeeded_nodes() {
     let interrupted = records.iter().any(|r| {
         matches!(&r.event, Event::NodeFailed { node: 1, attempt: 1, failure, .. } if failure.class == FailureClass::Infrastructure)
     });
-    assert!(interrupted, "the in-flight attempt is journaled as interrupted");
+    assert!(
+        interrupted,
+        "the in-flight attempt is journaled as interrupted"
+    );
     assert!(records.iter().any(|r| r.event == Event::RecoveryStarted));
     assert!(records.iter().any(|r| r.event == Event::RecoveryFinished));
     assert!(JobView::replay(&records).is_ok());
     // Recovery already completed before we subscribed; the stream is live-only.
-    assert!(tokio::time::timeout(Duration::from_millis(1), sub.recv()).await.is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(1), sub.recv())
+        .await
+        .is_err());
 }
 
 /// Wraps a store and fails the next `n` appends with `Unavailable`.
@@ -494,7 +576,13 @@ impl Store for Flaky {
     async fn create_job(&self, s: &JobSummary, r: &[Record]) -> Result<(), StoreError> {
         self.inner.create_job(s, r).await
     }
-    async fn append(&self, job: &JobId, expected: u64, records: &[Record], p: &Progress) -> Result<u64, StoreError> {
+    async fn append(
+        &self,
+        job: &JobId,
+        expected: u64,
+        records: &[Record],
+        p: &Progress,
+    ) -> Result<u64, StoreError> {
         if self
             .fail_next
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))

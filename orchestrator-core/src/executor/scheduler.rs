@@ -34,6 +34,7 @@ use crate::retry::{seed_for, RetryContext, RetryPolicy, RetrySpec};
 use crate::runner::{Heartbeat, RunContext};
 use crate::state::{JobEffect, JobState, NodeEffect, NodeState, TriggerDecision, Upstream};
 use crate::time::{JobId, Timestamp};
+use crate::HumanDuration;
 
 /// Most commands or finished attempts folded into one iteration, so a flood
 /// of completions cannot delay journaling (and thus dispatch) indefinitely.
@@ -533,7 +534,7 @@ impl Scheduler {
         self.next_gen += 1;
         let job_timeout = spec
             .timeout
-            .map_or(self.shared.config.job_timeout, |t| t.get());
+            .map_or(self.shared.config.job_timeout, HumanDuration::get);
         let durable = view.version;
         let mut job = ActiveJob {
             gen,
@@ -995,7 +996,7 @@ impl Scheduler {
             deadline: node_spec
                 .timeout
                 .map(|t| tokio::time::Instant::now() + t.get()),
-            heartbeat_timeout: node_spec.heartbeat_timeout.map(|t| t.get()),
+            heartbeat_timeout: node_spec.heartbeat_timeout.map(HumanDuration::get),
             grace: self.shared.config.cancel_grace,
         };
         // Attempts with their own limits get a child token so a timeout can
