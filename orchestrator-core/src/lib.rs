@@ -1,4 +1,64 @@
-//! Core of orchestrator (crate docs being written).
+//! The heart of **orchestrator**: an embeddable engine that runs jobs —
+//! directed acyclic graphs of nodes, usually test executions — in parallel,
+//! journals every state change, and recovers from failure without re-running
+//! finished work.
+//!
+//! # The model in one example
+//!
+//! A [`JobSpec`] (from JSON, YAML or the builder) is validated and compiled
+//! into a [`Dag`]; the [`Executor`] runs it over a [`Store`] (where the journal
+//! lives) and a runner [`Registry`] (which maps each node's `type` to the
+//! [`Runner`] that executes it).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use orchestrator_core::{Executor, JobSpec, JobState, MemoryStore, NodeState};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let spec = JobSpec::from_json(r#"{
+//!   "name": "Test Suite Execution",
+//!   "dag_definition": {
+//!     "nodes": [
+//!       {"id": "lint", "type": "noop"},
+//!       {"id": "unit", "type": "noop", "depends_on": ["lint"]},
+//!       {"id": "report", "type": "noop", "depends_on": ["unit"], "trigger": "all_done"}
+//!     ],
+//!     "edges": []
+//!   }
+//! }"#)?;
+//! let executor = Executor::builder(Arc::new(MemoryStore::new())).start().await?;
+//! let id = executor.submit(spec, "alice").await?;
+//! let status = executor.wait(&id).await?;
+//! assert_eq!(status.state, JobState::Succeeded);
+//! assert!(status.nodes.iter().all(|n| n.state == NodeState::Succeeded));
+//! # Ok(()) }
+//! ```
+//!
+//! # Module map
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`spec`] | [`JobSpec`] / [`NodeSpec`]: the submitted definition (serde + builder), trigger rules |
+//! | [`validate`](mod@validate) | every problem of a spec at once, with paths and codes; [`Limits`] |
+//! | [`dag`] | [`Dag`]: the compiled plan (CSR adjacency, topological order, levels, critical paths) |
+//! | [`state`] | the job and node state machines: pure `(state, event) -> (state, effect)` tables; trigger decisions |
+//! | [`retry`] | [`RetryPolicy`] and the built-in policies, by failure class, with deterministic jitter |
+//! | [`failure`] | [`Failure`] and [`FailureClass`] |
+//! | [`journal`] | journal [`Record`]s and [`JobView`], the fold that *is* a job's state |
+//! | [`store`] | the [`Store`] trait and its contract, [`StoreError`], queries, [`MemoryStore`] |
+//! | [`runner`] | the [`Runner`] trait, [`RunContext`], [`Registry`], built-in runners |
+//! | [`executor`] | the [`Executor`]: scheduling, limits, retries, timeouts, cancellation, recovery, events |
+//! | [`duration`], [`time`] | human durations (`"30s"`), injectable clocks, job ids |
+//! | `testkit` | (feature `testkit`) the conformance suite every [`Store`] runs |
+//!
+//! # Invariants
+//!
+//! 1. A node that reached `succeeded` is never run again for that job run.
+//! 2. No state change is acted on before it is durable in the store.
+//! 3. Every input gets a clear, typed error and leaves stored data untouched;
+//!    nothing panics on bad input.
+//! 4. This crate does no storage or network I/O of its own; time and
+//!    randomness are injectable, so tests are deterministic.
 
 pub mod dag;
 pub mod duration;

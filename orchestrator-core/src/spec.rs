@@ -224,7 +224,7 @@ fn is_zero(v: &i32) -> bool {
 
 /// A spec that could not be parsed at all (syntax, a wrong type, an unknown
 /// field). Parsing stops at the first such problem; semantic problems are
-/// all reported at once by [validation](crate::validate).
+/// all reported at once by [validation](crate::validate()).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {message}")]
 pub struct ParseError {

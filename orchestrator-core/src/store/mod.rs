@@ -26,7 +26,7 @@
 //!   was; stored data that fails to decode is [`StoreError::Corrupt`], naming
 //!   the job and key, and other jobs keep working.
 //!
-//! Every backend runs the conformance suite in [`crate::testkit`] (feature
+//! Every backend runs the conformance suite in `orchestrator_core::testkit` (feature
 //! `testkit`) unchanged.
 
 mod memory;
