@@ -1,0 +1,29 @@
+//! Run with `cargo run --release -p orchestrator-benches --bin bench [-- --quick] [SCENARIO...]`.
+//!
+//! Prints `scenario, ours, baseline, ratio, unit, peak RSS` per line.
+
+use orchestrator_benches::scenarios::{self, Size};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let size = if quick { Size::QUICK } else { Size::FULL };
+    let wanted: Vec<&str> = args.iter().filter(|a| !a.starts_with("--")).map(String::as_str).collect();
+    let run = |name: &str| wanted.is_empty() || wanted.contains(&name);
+    #[allow(clippy::print_stdout)]
+    let emit = |lines: Vec<orchestrator_benches::report::Line>| {
+        for l in lines {
+            println!("{}", l.render());
+        }
+    };
+    #[allow(clippy::print_stdout)]
+    {
+        println!("# scenario, ours, baseline, ratio, unit, peak RSS  # notes");
+    }
+    if run("dispatch") {
+        emit(scenarios::dispatch(size));
+    }
+    if run("scale") {
+        emit(scenarios::scale(size));
+    }
+}
