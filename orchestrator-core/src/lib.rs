@@ -13,7 +13,10 @@ pub mod validate;
 pub use dag::Dag;
 pub use duration::HumanDuration;
 pub use failure::{Failure, FailureClass};
-pub use retry::{PolicyRegistry, RetryContext, RetryDefaults, RetryPolicy, RetrySpec};
+pub use retry::{
+    Backoff, ClassRetrySpec, Jitter, Policy, PolicyRegistry, RetryContext, RetryDefaults,
+    RetryPolicy, RetrySpec,
+};
 pub use spec::{CompensateSpec, DagDefinition, Edge, JobSpec, NodeSpec, OnFailure, TriggerRule};
 pub use time::{Clock, JobId, ManualClock, SystemClock, Timestamp};
 pub use validate::{validate, Limits, Problem, ProblemCode, ValidationErrors};
