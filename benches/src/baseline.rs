@@ -26,7 +26,10 @@ pub async fn run(shape: Arc<Shape>, concurrency: usize) {
         let mut done = 0;
         loop {
             while let Some(i) = ready.pop() {
-                let permit = Arc::clone(&sem).acquire_owned().await.expect("semaphore is never closed");
+                let permit = Arc::clone(&sem)
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore is never closed");
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     drop(permit);

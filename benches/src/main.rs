@@ -8,7 +8,11 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     let size = if quick { Size::QUICK } else { Size::FULL };
-    let wanted: Vec<&str> = args.iter().filter(|a| !a.starts_with("--")).map(String::as_str).collect();
+    let wanted: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .map(String::as_str)
+        .collect();
     let run = |name: &str| wanted.is_empty() || wanted.contains(&name);
     #[allow(clippy::print_stdout)]
     let emit = |lines: Vec<orchestrator_benches::report::Line>| {

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orchestrator_core::{Dag, Executor, ExecutorConfig, JobState, Limits, MemoryStore, PolicyRegistry};
+use orchestrator_core::{
+    Dag, Executor, ExecutorConfig, JobState, Limits, MemoryStore, PolicyRegistry,
+};
 use petgraph::graph::{DiGraph, NodeIndex};
 
 use crate::baseline;
@@ -59,7 +61,11 @@ pub async fn run_ours(shape: &Shape, concurrency: usize) -> Duration {
     let id = executor.submit(spec, "bench").await.expect("valid spec");
     let status = executor.wait(&id).await.expect("job finishes");
     let elapsed = start.elapsed();
-    assert_eq!(status.state, JobState::Succeeded, "benchmark job must succeed");
+    assert_eq!(
+        status.state,
+        JobState::Succeeded,
+        "benchmark job must succeed"
+    );
     elapsed
 }
 
@@ -67,7 +73,11 @@ pub async fn run_ours(shape: &Shape, concurrency: usize) -> Duration {
 pub fn dispatch(size: Size) -> Vec<Line> {
     let n = size.dispatch_nodes;
     let width = (n / 100).max(1);
-    let shapes = [shapes::chain(n), shapes::fan(n), shapes::layered(n / width, width)];
+    let shapes = [
+        shapes::chain(n),
+        shapes::fan(n),
+        shapes::layered(n / width, width),
+    ];
     let rt = runtime();
     shapes
         .into_iter()
@@ -124,7 +134,8 @@ pub fn scale(size: Size) -> Vec<Line> {
     });
     let ours = median(size.runs, || {
         let start = Instant::now();
-        let dag = Dag::compile(&spec, &Limits::default(), &PolicyRegistry::default()).expect("valid");
+        let dag =
+            Dag::compile(&spec, &Limits::default(), &PolicyRegistry::default()).expect("valid");
         assert_eq!(dag.len(), shape.len());
         start.elapsed()
     });
@@ -156,7 +167,10 @@ pub fn scale(size: Size) -> Vec<Line> {
         baseline: 1024.0,
         unit: "ns/node (baseline column: memory budget B/node)",
         peak_rss: peak,
-        note: format!("ran {} no-op nodes; {per_node:.0} B/node of peak memory above the loaded spec", shape.len()),
+        note: format!(
+            "ran {} no-op nodes; {per_node:.0} B/node of peak memory above the loaded spec",
+            shape.len()
+        ),
     });
     lines
 }

@@ -38,7 +38,8 @@ impl Shape {
         }
         JobSpec::builder(self.name)
             .nodes(preds.into_iter().enumerate().map(|(i, p)| {
-                NodeSpec::new(format!("n{i}"), "noop").depends_on(p.into_iter().map(|d| format!("n{d}")))
+                NodeSpec::new(format!("n{i}"), "noop")
+                    .depends_on(p.into_iter().map(|d| format!("n{d}")))
             }))
             .build()
     }
@@ -47,9 +48,18 @@ impl Shape {
 /// `n` nodes in a single chain.
 pub fn chain(n: usize) -> Shape {
     let succ = (0..n)
-        .map(|i| if i + 1 < n { vec![i as u32 + 1] } else { Vec::new() })
+        .map(|i| {
+            if i + 1 < n {
+                vec![i as u32 + 1]
+            } else {
+                Vec::new()
+            }
+        })
         .collect();
-    Shape { name: "chain", succ }
+    Shape {
+        name: "chain",
+        succ,
+    }
 }
 
 /// One root, `n - 2` middle nodes, one sink.
@@ -84,5 +94,8 @@ pub fn layered(layers: usize, width: usize) -> Shape {
             }
         }
     }
-    Shape { name: "layered", succ }
+    Shape {
+        name: "layered",
+        succ,
+    }
 }

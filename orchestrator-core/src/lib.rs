@@ -78,7 +78,10 @@ pub use duration::HumanDuration;
 pub use executor::{Executor, ExecutorConfig, ExecutorError, JobStatus, NodeStatus};
 pub use failure::{Failure, FailureClass};
 pub use journal::{Event, JobSummary, JobView, Record};
-pub use retry::{PolicyRegistry, RetryContext, RetryDefaults, RetryPolicy, RetrySpec};
+pub use retry::{
+    Backoff, ClassRetrySpec, Jitter, Policy, PolicyRegistry, RetryContext, RetryDefaults,
+    RetryPolicy, RetrySpec,
+};
 pub use runner::{Registry, RunContext, Runner};
 pub use spec::{CompensateSpec, DagDefinition, Edge, JobSpec, NodeSpec, OnFailure, TriggerRule};
 pub use state::{JobState, NodeState};
