@@ -6,7 +6,8 @@
 //! bytes per node plus 8 per edge, one allocation per array, and the
 //! successors of a finished node are one contiguous slice, so the executor
 //! finds newly ready nodes in O(out-degree). Cycle analysis uses petgraph's
-//! strongly connected components on the (small) part of the graph that the
+//! strongly connected components (Kosaraju's, which does not recurse, so a
+//! hostile 100,000-node cycle cannot overflow the stack) on the part of the graph that the
 //! topological sort could not order, and [`Dag::to_petgraph`] hands the whole
 //! graph to petgraph for any other algorithm.
 
@@ -16,11 +17,14 @@ use petgraph::graph::{DiGraph, NodeIndex};
 
 use crate::retry::PolicyRegistry;
 use crate::spec::JobSpec;
-use crate::validate::{check_fields, Limits, Problem, ProblemCode, ValidationErrors};
+use crate::validate::{check_fields, Limits, Problem, ProblemCode, ValidationErrors, AMBIGUOUS};
 
 /// Most cycles reported for one spec; a graph with thousands of cycles is
 /// better served by the first hundred than by a megabyte of paths.
 const MAX_REPORTED_CYCLES: usize = 100;
+
+/// Longest cycle path spelled out in full in a problem message.
+const MAX_CYCLE_TEXT_NODES: usize = 40;
 
 /// A validated DAG. Node `i` is `spec.dag_definition.nodes[i]`.
 ///
@@ -80,6 +84,8 @@ impl Dag {
                     ProblemCode::UnknownDependency,
                     format!("no node has id {from:?}"),
                 )),
+                // Already reported as a duplicate or malformed id.
+                Some(&AMBIGUOUS) => {}
                 Some(&f) if f == to => problems.push(Problem::new(
                     path,
                     ProblemCode::SelfLoop,
@@ -102,17 +108,27 @@ impl Dag {
         }
         for (k, edge) in spec.dag_definition.edges.iter().enumerate() {
             match ids.get(edge.to.as_str()) {
+                Some(&AMBIGUOUS) => {}
                 Some(&to) => resolve(
                     &edge.from,
                     to,
                     format!("/dag_definition/edges/{k}/from"),
                     &mut problems,
                 ),
-                None => problems.push(Problem::new(
-                    format!("/dag_definition/edges/{k}/to"),
-                    ProblemCode::UnknownDependency,
-                    format!("no node has id {:?}", edge.to),
-                )),
+                None => {
+                    if !ids.contains_key(edge.from.as_str()) {
+                        problems.push(Problem::new(
+                            format!("/dag_definition/edges/{k}/from"),
+                            ProblemCode::UnknownDependency,
+                            format!("no node has id {:?}", edge.from),
+                        ));
+                    }
+                    problems.push(Problem::new(
+                        format!("/dag_definition/edges/{k}/to"),
+                        ProblemCode::UnknownDependency,
+                        format!("no node has id {:?}", edge.to),
+                    ));
+                }
             }
         }
 
@@ -360,7 +376,7 @@ fn report_cycles(
             }
         }
     }
-    let mut sccs: Vec<Vec<u32>> = petgraph::algo::tarjan_scc(&g)
+    let mut sccs: Vec<Vec<u32>> = petgraph::algo::kosaraju_scc(&g)
         .into_iter()
         .filter(|c| c.len() > 1)
         .map(|c| {

@@ -297,7 +297,7 @@ impl JobSpec {
     /// Parses a JSON spec; errors carry the path of the offending value.
     pub fn from_json(text: &str) -> Result<Self, ParseError> {
         let de = &mut serde_json::Deserializer::from_str(text);
-        let spec = serde_path_to_error::deserialize(de).map_err(|e| {
+        let spec = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
             if e.inner().is_syntax() || e.inner().is_eof() {
                 ParseError {
                     path: String::new(),
@@ -307,6 +307,12 @@ impl JobSpec {
             } else {
                 ParseError::from_path_error(e.path(), e.inner())
             }
+        })?;
+        // Trailing text after the spec is a mistake, not something to ignore.
+        de.end().map_err(|e| ParseError {
+            path: String::new(),
+            code: "syntax",
+            message: e.to_string(),
         })?;
         Ok(spec)
     }

@@ -528,9 +528,16 @@ impl TriggerRule {
     pub fn decide(self, up: Upstream) -> TriggerDecision {
         use TriggerDecision::{Run, Skip, UpstreamFailed, Wait};
         let all_done = up.done() >= up.total;
+        if up.total == 0 {
+            // As in Airflow, a node without upstream nodes always runs.
+            return Run;
+        }
         match self {
             Self::Always => Run,
             Self::AllSuccess if up.failed > 0 => UpstreamFailed,
+            // A later failure would turn this skip into upstream_failed, so
+            // wait: decisions must not depend on the order parents finish in.
+            Self::AllSuccess if up.skipped > 0 && !all_done => Wait,
             Self::AllSuccess if up.skipped > 0 => Skip,
             Self::AllSuccess | Self::AllDone if all_done => Run,
             Self::AllSuccess | Self::AllDone => Wait,

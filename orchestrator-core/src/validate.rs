@@ -286,6 +286,7 @@ pub(crate) fn check_fields<'a>(
                 "a node id must not be empty",
             ));
         } else if node.id.len() > limits.max_id_len || node.id.chars().any(char::is_control) {
+            ids.insert(node.id.as_str(), AMBIGUOUS);
             out.push(Problem::new(
                 at("id"),
                 ProblemCode::InvalidNodeId,
@@ -356,13 +357,17 @@ pub(crate) fn check_fields<'a>(
             }
         }
     }
-    // A duplicated id is ambiguous as a dependency target: drop it so the graph
-    // checks do not guess which node was meant.
+    // A duplicated id is ambiguous as a dependency target: mark it so the graph
+    // checks neither guess which node was meant nor report it again.
     for dup in duplicates {
-        ids.remove(dup);
+        ids.insert(dup, AMBIGUOUS);
     }
     ids
 }
+
+/// Marks an id that is already reported (duplicated, empty or malformed):
+/// references to it are skipped rather than reported as unknown.
+pub(crate) const AMBIGUOUS: u32 = u32::MAX;
 
 /// Serialized size of a JSON value without allocating the text.
 fn json_size(value: &serde_json::Value) -> usize {

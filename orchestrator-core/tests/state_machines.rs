@@ -322,6 +322,7 @@ fn job_table() -> Vec<(JobState, JobEvent, JobState, JobEffect)> {
         (S::Running, Ev::RecoveryStarted, S::Recovering, E::None),
         (S::Cancelling, Ev::RecoveryStarted, S::Cancelling, E::None),
         (S::Recovering, Ev::RecoveryFinished, S::Running, E::Dispatch),
+        (S::Cancelling, Ev::RecoveryFinished, S::Cancelling, E::None),
         (S::Pending, Ev::Cancel, S::Cancelled, E::Finished),
         (S::Queued, Ev::Cancel, S::Cancelled, E::Finished),
         (S::Running, Ev::Cancel, S::Cancelling, E::StopRunning),
