@@ -50,8 +50,8 @@ use crate::failure::Failure;
 use crate::spec::{JobSpec, NodeSpec};
 use crate::time::JobId;
 
-pub use process::{ProcessConfig, ProcessRunner};
-pub use scripted::ScriptedRunner;
+pub use process::{BaseEnv, ProcessConfig, ProcessRunner};
+pub use scripted::{Execution, ExecutionStatus, Outcome, ScriptedRunner};
 
 /// Largest output (serialized JSON) an attempt may return. Outputs are
 /// journaled, so they are bounded like every other journal record.
