@@ -70,6 +70,8 @@ pub mod runner;
 pub mod spec;
 pub mod state;
 pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod time;
 pub mod validate;
 

@@ -345,13 +345,17 @@ pub trait StoreExt: Store {
 
 impl<S: Store + ?Sized> StoreExt for S {}
 
-/// Checks that `records` are numbered `expected + 1 ..` without gaps.
+/// Checks that `records` are numbered `expected + 1 ..` without gaps. A
+/// numbering that would pass `u64::MAX` is invalid too (never a panic, and
+/// no wrap-around in release builds).
 pub fn check_sequence(job: &JobId, expected: u64, records: &[Record]) -> Result<(), StoreError> {
     for (i, r) in records.iter().enumerate() {
-        if r.seq != expected + 1 + i as u64 {
+        let want = (i as u64)
+            .checked_add(1)
+            .and_then(|n| expected.checked_add(n));
+        if want != Some(r.seq) {
             return Err(StoreError::Invalid(format!(
-                "records for job {job} must be numbered from {} without gaps; record {i} has seq {}",
-                expected + 1,
+                "records for job {job} must be numbered from {expected}+1 without gaps; record {i} has seq {}",
                 r.seq
             )));
         }
