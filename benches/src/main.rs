@@ -2,6 +2,9 @@
 //!
 //! Prints `scenario, ours, baseline, ratio, unit, peak RSS` per line.
 
+// The benchmark's results are its stdout.
+#![allow(clippy::print_stdout)]
+
 use orchestrator_benches::scenarios::{self, Size};
 
 fn main() {
@@ -14,13 +17,11 @@ fn main() {
         .map(String::as_str)
         .collect();
     let run = |name: &str| wanted.is_empty() || wanted.contains(&name);
-    #[allow(clippy::print_stdout)]
     let emit = |lines: Vec<orchestrator_benches::report::Line>| {
         for l in lines {
             println!("{}", l.render());
         }
     };
-    #[allow(clippy::print_stdout)]
     {
         println!("# scenario, ours, baseline, ratio, unit, peak RSS  # notes");
     }

@@ -388,14 +388,33 @@ fn report_cycles(
     sccs.sort_unstable();
     for component in sccs.into_iter().take(MAX_REPORTED_CYCLES) {
         let cycle = shortest_cycle_through(component[0], &component, succ_off, succ);
-        let names: Vec<&str> = cycle
-            .iter()
-            .map(|&i| spec.nodes()[i as usize].id.as_str())
-            .collect();
+        let name = |i: u32| spec.nodes()[i as usize].id.as_str();
+        let text = if cycle.len() <= MAX_CYCLE_TEXT_NODES {
+            cycle
+                .iter()
+                .map(|&i| name(i))
+                .collect::<Vec<_>>()
+                .join(" -> ")
+        } else {
+            // A 100,000-node cycle would make a megabyte-long message; show
+            // both ends of the path and how much is left out.
+            let half = MAX_CYCLE_TEXT_NODES / 2;
+            let head: Vec<&str> = cycle[..half].iter().map(|&i| name(i)).collect();
+            let tail: Vec<&str> = cycle[cycle.len() - half..]
+                .iter()
+                .map(|&i| name(i))
+                .collect();
+            format!(
+                "{} -> ... ({} more) ... -> {}",
+                head.join(" -> "),
+                cycle.len() - 2 * half,
+                tail.join(" -> ")
+            )
+        };
         problems.push(Problem::new(
             format!("/dag_definition/nodes/{}", component[0]),
             ProblemCode::Cycle,
-            format!("dependency cycle: {}", names.join(" -> ")),
+            format!("dependency cycle: {text}"),
         ));
     }
 }

@@ -5,6 +5,9 @@
 //! stream, and prints the final status. One test is flaky on its first
 //! attempt, so the retry policy shows.
 
+// An example program talks to its user on stdout.
+#![allow(clippy::print_stdout)]
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
