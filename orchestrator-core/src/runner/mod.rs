@@ -35,7 +35,7 @@
 mod process;
 mod scripted;
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -85,7 +85,9 @@ pub struct RunContext {
     node: u32,
     attempt: u32,
     deadline: Option<Instant>,
-    cancel: CancellationToken,
+    // Shared behind an Arc: cloning a `CancellationToken` takes a lock in its
+    // tree, and a context is built for every attempt.
+    cancel: Arc<CancellationToken>,
     heartbeat: Heartbeat,
     compensation: bool,
 }
@@ -120,7 +122,7 @@ impl RunContext {
             node,
             attempt,
             deadline: None,
-            cancel: CancellationToken::new(),
+            cancel: Arc::new(CancellationToken::new()),
             heartbeat: Heartbeat::disabled(),
             compensation: false,
         }
@@ -136,6 +138,13 @@ impl RunContext {
     /// Sets the cancellation token.
     #[must_use]
     pub fn with_cancel(mut self, token: CancellationToken) -> Self {
+        self.cancel = Arc::new(token);
+        self
+    }
+
+    /// Sets a shared cancellation token (no clone of the token itself).
+    #[must_use]
+    pub fn with_shared_cancel(mut self, token: Arc<CancellationToken>) -> Self {
         self.cancel = token;
         self
     }
@@ -209,6 +218,12 @@ impl RunContext {
     /// attempt times out.
     pub fn cancel_token(&self) -> &CancellationToken {
         &self.cancel
+    }
+
+    /// The shared handle of the cancellation token (the executor keeps one to
+    /// cancel the attempt).
+    pub fn shared_cancel_token(&self) -> Arc<CancellationToken> {
+        Arc::clone(&self.cancel)
     }
 
     /// Completes when the attempt should stop.
