@@ -234,7 +234,7 @@ impl ExecutorBuilder {
             events: broadcast::channel(1024).0,
         });
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(scheduler::Scheduler::new(shared.clone(), rx).run());
+        let task = tokio::spawn(scheduler::Scheduler::new(shared.clone(), rx, tx.downgrade()).run());
         let executor = Executor {
             handle: Arc::new(Handle { shared, tx, task }),
         };
@@ -264,6 +264,7 @@ pub(crate) struct Activation {
 
 /// Commands to the scheduler.
 pub(crate) enum Command {
+    Finished(scheduler::Finished),
     Activate(Box<Activation>),
     Cancel {
         job: JobId,

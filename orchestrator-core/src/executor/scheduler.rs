@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
+use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
@@ -43,7 +43,9 @@ use crate::HumanDuration;
 const MAX_DRAIN: usize = 4096;
 
 /// A finished attempt, as reported by its task.
-struct Finished {
+pub(crate) struct Finished {
+    /// Index of the task's abort handle in [`Scheduler::tasks`].
+    task: usize,
     slot: usize,
     gen: u64,
     node: u32,
@@ -353,7 +355,17 @@ pub(crate) struct Scheduler {
     by_id: HashMap<JobId, usize>,
     next_gen: u64,
     turn: u64,
-    attempts: JoinSet<Finished>,
+    /// Completions come back on the command channel: one queue to wait
+    /// on, and the scheduler holds only a weak sender so the channel still
+    /// closes when the last executor handle is dropped.
+    done_tx: mpsc::WeakUnboundedSender<Command>,
+    /// Abort handles of attempts in flight (a slab), so dropping the
+    /// scheduler stops them as a crash would.
+    tasks: Vec<Option<AbortHandle>>,
+    free_tasks: Vec<usize>,
+    /// Wall-clock time read once per loop iteration: every record of an
+    /// iteration carries the same timestamp anyway.
+    now: Timestamp,
     timers: DelayQueue<Timer>,
     job_heap: BinaryHeap<ReadyJob>,
     running: usize,
@@ -365,12 +377,15 @@ pub(crate) struct Scheduler {
 enum Wake {
     Command(Command),
     Closed,
-    Finished(Result<Finished, tokio::task::JoinError>),
     Timer(Timer),
 }
 
 impl Scheduler {
-    pub(crate) fn new(shared: Arc<Shared>, rx: mpsc::UnboundedReceiver<Command>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        rx: mpsc::UnboundedReceiver<Command>,
+        done_tx: mpsc::WeakUnboundedSender<Command>,
+    ) -> Self {
         Self {
             shared,
             rx,
@@ -379,7 +394,10 @@ impl Scheduler {
             by_id: HashMap::new(),
             next_gen: 1,
             turn: 0,
-            attempts: JoinSet::new(),
+            done_tx,
+            tasks: Vec::new(),
+            free_tasks: Vec::new(),
+            now: Timestamp::default(),
             timers: DelayQueue::new(),
             job_heap: BinaryHeap::new(),
             running: 0,
@@ -393,27 +411,17 @@ impl Scheduler {
         loop {
             let wake = tokio::select! {
                 biased;
-                res = self.attempts.join_next(), if !self.attempts.is_empty() => match res {
-                    Some(r) => Wake::Finished(r),
-                    None => continue,
-                },
                 cmd = self.rx.recv() => cmd.map_or(Wake::Closed, Wake::Command),
                 exp = poll_fn(|cx| self.timers.poll_expired(cx)), if !self.timers.is_empty() => match exp {
                     Some(e) => Wake::Timer(e.into_inner()),
                     None => continue,
                 },
             };
+            self.now = self.shared.clock.now();
             match wake {
                 Wake::Closed => return,
                 Wake::Command(c) => self.command(c),
-                Wake::Finished(r) => self.joined(r),
                 Wake::Timer(t) => self.timer(t),
-            }
-            for _ in 0..MAX_DRAIN {
-                match self.attempts.try_join_next() {
-                    Some(r) => self.joined(r),
-                    None => break,
-                }
             }
             for _ in 0..MAX_DRAIN {
                 match self.rx.try_recv() {
@@ -454,13 +462,14 @@ impl Scheduler {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
+            Command::Finished(f) => self.joined(f),
             Command::Activate(a) => self.activate(*a),
             Command::Cancel { job, reason, reply } => {
                 let Some(&slot) = self.by_id.get(&job) else {
                     let _ = reply.send(Err(ExecutorError::NotFound(job)));
                     return;
                 };
-                let now = self.shared.clock.now();
+                let now = self.now;
                 let Some(j) = self.jobs[slot].as_mut() else {
                     return;
                 };
@@ -599,7 +608,7 @@ impl Scheduler {
             scratch: Vec::new(),
             view,
         };
-        let now = self.shared.clock.now();
+        let now = self.now;
         let mut timeout_in = Some(job_timeout);
         match job.view.state {
             JobState::Pending => {
@@ -683,18 +692,13 @@ impl Scheduler {
         }
     }
 
-    fn joined(&mut self, res: Result<Finished, tokio::task::JoinError>) {
-        let f = match res {
-            Ok(f) => f,
-            // Attempt tasks catch runner panics, and are only cancelled when
-            // the scheduler itself is dropped; neither reaches here.
-            Err(e) => {
-                tracing::error!(error = %e, "attempt task failed outside its runner");
-                return;
-            }
-        };
+    fn joined(&mut self, f: Finished) {
+        if let Some(handle) = self.tasks.get_mut(f.task) {
+            *handle = None;
+            self.free_tasks.push(f.task);
+        }
         self.running -= 1;
-        let now = self.shared.clock.now();
+        let now = self.now;
         let Some(job) = self.job(f.slot, f.gen) else {
             return;
         };
@@ -734,7 +738,7 @@ impl Scheduler {
     }
 
     fn timer(&mut self, t: Timer) {
-        let now = self.shared.clock.now();
+        let now = self.now;
         match t {
             Timer::Retry {
                 slot,
@@ -775,7 +779,7 @@ impl Scheduler {
 
     fn dispatch(&mut self) {
         let max = self.shared.config.max_concurrent_nodes.max(1);
-        let now = self.shared.clock.now();
+        let now = self.now;
         while self.running < max {
             let Some(entry) = self.job_heap.pop() else {
                 break;
@@ -1082,22 +1086,45 @@ impl Scheduler {
             .with_shared_cancel(token)
             .with_heartbeat(heartbeat);
         let gen = job.gen;
-        let kind = node_spec.kind.clone();
-        self.attempts.spawn(async move {
-            let result = match runner {
-                Some(runner) => run_attempt(runner, ctx, limits, job_token).await,
-                None => Err(Failure::permanent(format!(
-                    "no runner is registered for type {kind:?}"
-                ))),
+        // Only a missing runner (possible after a restart with a smaller
+        // registry) needs the type's name; don't copy it otherwise.
+        let missing = runner
+            .is_none()
+            .then(|| format!("no runner is registered for type {:?}", node_spec.kind));
+        let task = self.free_tasks.pop().unwrap_or_else(|| {
+            self.tasks.push(None);
+            self.tasks.len() - 1
+        });
+        let done = self.done_tx.clone();
+        let handle = tokio::spawn(async move {
+            let result = match (runner, missing) {
+                (Some(runner), _) => run_attempt(runner, ctx, limits, job_token).await,
+                (None, message) => Err(Failure::permanent(message.unwrap_or_default())),
             };
-            Finished {
+            let finished = Finished {
+                task,
                 slot,
                 gen,
                 node,
                 attempt,
                 result,
+            };
+            // No receiver means the executor is gone; the journal keeps what
+            // was durable and the next start recovers the job.
+            if let Some(tx) = done.upgrade() {
+                let _ = tx.send(Command::Finished(finished));
             }
         });
+        self.tasks[task] = Some(handle.abort_handle());
+    }
+}
+
+impl Drop for Scheduler {
+    /// Stops every attempt in flight, as a crash of the process would.
+    fn drop(&mut self) {
+        for handle in self.tasks.iter().flatten() {
+            handle.abort();
+        }
     }
 }
 

@@ -1,10 +1,10 @@
 //! [`MemoryStore`]: the in-memory [`Store`], for tests, benchmarks and
 //! embedders that need no durability.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use foldhash::HashMap;
 
 use super::{check_sequence, Cursor, JobPage, JobQuery, Store, StoreError};
 use crate::journal::{JobSummary, Progress, Record, Snapshot};
