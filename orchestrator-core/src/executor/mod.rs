@@ -41,6 +41,7 @@
 mod attempt;
 mod scheduler;
 mod status;
+mod timers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -234,7 +235,8 @@ impl ExecutorBuilder {
             events: broadcast::channel(1024).0,
         });
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(scheduler::Scheduler::new(shared.clone(), rx, tx.downgrade()).run());
+        let task =
+            tokio::spawn(scheduler::Scheduler::new(shared.clone(), rx, tx.downgrade()).run());
         let executor = Executor {
             handle: Arc::new(Handle { shared, tx, task }),
         };

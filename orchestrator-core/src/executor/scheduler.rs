@@ -25,9 +25,9 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::time::DelayQueue;
 
 use super::attempt::{run_attempt, AttemptLimits};
+use super::timers::Timers;
 use super::{Activation, Batch, Command, ExecutorError, Shared};
 use crate::dag::Dag;
 use crate::failure::{Failure, FailureClass};
@@ -366,7 +366,7 @@ pub(crate) struct Scheduler {
     /// Wall-clock time read once per loop iteration: every record of an
     /// iteration carries the same timestamp anyway.
     now: Timestamp,
-    timers: DelayQueue<Timer>,
+    timers: Timers<Timer>,
     job_heap: BinaryHeap<ReadyJob>,
     running: usize,
     dirty: Vec<usize>,
@@ -398,7 +398,7 @@ impl Scheduler {
             tasks: Vec::new(),
             free_tasks: Vec::new(),
             now: Timestamp::default(),
-            timers: DelayQueue::new(),
+            timers: Timers::new(),
             job_heap: BinaryHeap::new(),
             running: 0,
             dirty: Vec::new(),
@@ -412,10 +412,7 @@ impl Scheduler {
             let wake = tokio::select! {
                 biased;
                 cmd = self.rx.recv() => cmd.map_or(Wake::Closed, Wake::Command),
-                exp = poll_fn(|cx| self.timers.poll_expired(cx)), if !self.timers.is_empty() => match exp {
-                    Some(e) => Wake::Timer(e.into_inner()),
-                    None => continue,
-                },
+                t = poll_fn(|cx| self.timers.poll_due(cx)), if !self.timers.is_empty() => Wake::Timer(t),
             };
             self.now = self.shared.clock.now();
             match wake {

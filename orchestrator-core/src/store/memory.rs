@@ -21,7 +21,7 @@ pub struct MemoryStore {
 #[derive(Debug)]
 struct Entry {
     summary: JobSummary,
-    records: Vec<Record>,
+    records: Journal,
     snapshot: Option<Snapshot>,
 }
 
@@ -52,7 +52,7 @@ impl Store for MemoryStore {
         }
         let mut jobs = self.lock();
         if let Some(e) = jobs.get(&summary.id) {
-            if e.records.len() >= records.len() && e.records[..records.len()] == *records {
+            if e.records.holds_at(0, records) {
                 return Ok(());
             }
             return Err(StoreError::AlreadyExists {
@@ -65,7 +65,7 @@ impl Store for MemoryStore {
             summary.id.clone(),
             Entry {
                 summary,
-                records: records.to_vec(),
+                records: Journal::from(records),
                 snapshot: None,
             },
         );
@@ -87,9 +87,7 @@ impl Store for MemoryStore {
         let actual = e.records.len() as u64;
         if actual != expected {
             let start = expected as usize;
-            let already = actual > expected
-                && e.records.len() >= start + records.len()
-                && e.records[start..start + records.len()] == *records;
+            let already = actual > expected && e.records.holds_at(start, records);
             if already {
                 return Ok(expected + records.len() as u64);
             }
@@ -99,7 +97,7 @@ impl Store for MemoryStore {
                 actual,
             });
         }
-        e.records.extend_from_slice(records);
+        e.records.extend(records);
         e.summary.progress = *progress;
         e.summary.progress.version = e.records.len() as u64;
         Ok(e.records.len() as u64)
@@ -110,9 +108,11 @@ impl Store for MemoryStore {
         let e = jobs
             .get(job)
             .ok_or_else(|| StoreError::NotFound { job: job.clone() })?;
-        let start = (after as usize).min(e.records.len());
+        let start = usize::try_from(after)
+            .unwrap_or(usize::MAX)
+            .min(e.records.len());
         let end = start.saturating_add(limit).min(e.records.len());
-        Ok(e.records[start..end].to_vec())
+        Ok(e.records.range(start, end))
     }
 
     async fn put_snapshot(&self, job: &JobId, snapshot: &Snapshot) -> Result<(), StoreError> {
@@ -192,5 +192,63 @@ impl Store for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+/// One job's records in fixed-size chunks: appending never reallocates or
+/// copies what is already stored, however long the journal grows.
+#[derive(Debug, Default)]
+struct Journal {
+    chunks: Vec<Vec<Record>>,
+    len: usize,
+}
+
+const CHUNK: usize = 4096;
+
+impl Journal {
+    fn from(records: &[Record]) -> Self {
+        let mut j = Self::default();
+        j.extend(records);
+        j
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn extend(&mut self, records: &[Record]) {
+        let mut rest = records;
+        while !rest.is_empty() {
+            if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
+                self.chunks.push(Vec::with_capacity(CHUNK));
+            }
+            let Some(chunk) = self.chunks.last_mut() else {
+                return;
+            };
+            let take = (CHUNK - chunk.len()).min(rest.len());
+            chunk.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            self.len += take;
+        }
+    }
+
+    fn get(&self, i: usize) -> Option<&Record> {
+        self.chunks.get(i / CHUNK)?.get(i % CHUNK)
+    }
+
+    /// Whether `records` are stored, identical, from position `start` on.
+    fn holds_at(&self, start: usize, records: &[Record]) -> bool {
+        start
+            .checked_add(records.len())
+            .is_some_and(|end| end <= self.len)
+            && records
+                .iter()
+                .enumerate()
+                .all(|(k, r)| self.get(start + k) == Some(r))
+    }
+
+    /// Clones of the records in positions `start..end`.
+    fn range(&self, start: usize, end: usize) -> Vec<Record> {
+        (start..end).filter_map(|i| self.get(i).cloned()).collect()
     }
 }
