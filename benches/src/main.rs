@@ -31,4 +31,7 @@ fn main() {
     if run("scale") {
         emit(scenarios::scale(size));
     }
+    if run("durable") {
+        emit(scenarios::durable(size));
+    }
 }
