@@ -77,7 +77,9 @@ pub mod validate;
 
 pub use dag::Dag;
 pub use duration::HumanDuration;
-pub use executor::{Executor, ExecutorConfig, ExecutorError, JobStatus, NodeStatus};
+pub use executor::{
+    Executor, ExecutorConfig, ExecutorError, JobStatus, NodeStatus, RecoveryFailure,
+};
 pub use failure::{Failure, FailureClass};
 pub use journal::{Event, JobSummary, JobView, Record};
 pub use retry::{

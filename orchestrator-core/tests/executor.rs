@@ -652,3 +652,61 @@ async fn store_outages_pause_the_job_and_lose_nothing() {
     assert_eq!(view.state, JobState::Succeeded);
     assert_eq!(store.summary(&id).await.unwrap().progress, view.progress());
 }
+
+#[tokio::test(start_paused = true)]
+async fn one_unreadable_job_does_not_stop_recovery_of_the_others() {
+    use orchestrator_core::journal::JobHeader;
+    use orchestrator_core::Timestamp;
+
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let probe = Probe::default();
+    probe.script("slow", &[(0, Outcome::Hang), (10, Outcome::Ok)]);
+    // A healthy job, left running by a "crashed" executor.
+    let ex = executor_with(store.clone(), &probe, ExecutorConfig::default()).await;
+    let healthy = ex
+        .submit(JobSpec::builder("healthy").node(node("slow")).build(), "a")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(ex);
+    // A job whose journal is an illegal sequence (a node started while pending).
+    let id: JobId = "broken-job".parse().unwrap();
+    let header = Arc::new(JobHeader {
+        id: id.clone(),
+        owner: "a".into(),
+        created_at: Timestamp(1),
+        spec: Arc::new(JobSpec::builder("broken").node(node("x")).build()),
+    });
+    let records = [
+        Record {
+            seq: 1,
+            at: Timestamp(1),
+            event: Event::Submitted {
+                header: header.clone(),
+            },
+        },
+        Record {
+            seq: 2,
+            at: Timestamp(1),
+            event: Event::NodeStarted {
+                node: 0,
+                attempt: 1,
+            },
+        },
+    ];
+    let summary = JobView::new(header).summary();
+    store.create_job(&summary, &records).await.unwrap();
+
+    let ex = executor_with(store.clone(), &probe, ExecutorConfig::default()).await;
+    let failures = ex.recovery_failures();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].job, id);
+    assert!(
+        failures[0].error.to_string().contains("broken-job"),
+        "{}",
+        failures[0].error
+    );
+    assert_eq!(ex.wait(&healthy).await.unwrap().state, JobState::Succeeded);
+    // The unreadable job is left exactly as stored.
+    assert_eq!(store.read_all(&id, 0).await.unwrap(), records);
+}

@@ -237,11 +237,25 @@ impl ExecutorBuilder {
         let (tx, rx) = mpsc::unbounded_channel();
         let task =
             tokio::spawn(scheduler::Scheduler::new(shared.clone(), rx, tx.downgrade()).run());
-        let executor = Executor {
-            handle: Arc::new(Handle { shared, tx, task }),
+        let mut executor = Executor {
+            handle: Arc::new(Handle {
+                shared,
+                tx,
+                task,
+                recovery_failures: Vec::new(),
+            }),
         };
+        // One unreadable job must not keep every other job from resuming:
+        // report it and carry on.
+        let mut failures = Vec::new();
         for id in unfinished {
-            executor.resume(&id).await?;
+            if let Err(error) = executor.resume(&id).await {
+                tracing::error!(job = %id, %error, "could not resume job; it stays as stored");
+                failures.push(RecoveryFailure { job: id, error });
+            }
+        }
+        if let Some(handle) = Arc::get_mut(&mut executor.handle) {
+            handle.recovery_failures = failures;
         }
         Ok(executor)
     }
@@ -286,6 +300,17 @@ struct Handle {
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<Command>,
     task: tokio::task::JoinHandle<()>,
+    recovery_failures: Vec<RecoveryFailure>,
+}
+
+/// An unfinished job the executor could not resume at start (for example, its
+/// journal no longer decodes). It stays in the store as it was.
+#[derive(Debug)]
+pub struct RecoveryFailure {
+    /// The job.
+    pub job: JobId,
+    /// Why it could not be resumed.
+    pub error: ExecutorError,
 }
 
 impl Drop for Handle {
@@ -537,6 +562,11 @@ impl Executor {
         let (reply, rx) = oneshot::channel();
         self.command(Command::Active { reply })?;
         rx.await.map_err(|_| ExecutorError::ShutDown)
+    }
+
+    /// Jobs that could not be resumed when this executor started.
+    pub fn recovery_failures(&self) -> &[RecoveryFailure] {
+        &self.handle.recovery_failures
     }
 
     /// A live feed of every event journaled from now on.
