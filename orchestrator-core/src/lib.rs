@@ -78,7 +78,7 @@ pub mod validate;
 pub use dag::Dag;
 pub use duration::HumanDuration;
 pub use executor::{
-    Executor, ExecutorConfig, ExecutorError, JobStatus, NodeStatus, RecoveryFailure,
+    Executor, ExecutorConfig, ExecutorError, JobStatus, NodeStatus, Recovery, RecoveryFailure,
 };
 pub use failure::{Failure, FailureClass};
 pub use journal::{Event, JobSummary, JobView, Record};

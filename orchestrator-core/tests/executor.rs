@@ -710,3 +710,34 @@ async fn one_unreadable_job_does_not_stop_recovery_of_the_others() {
     // The unreadable job is left exactly as stored.
     assert_eq!(store.read_all(&id, 0).await.unwrap(), records);
 }
+
+#[tokio::test(start_paused = true)]
+async fn recovery_can_be_limited_to_chosen_jobs() {
+    use orchestrator_core::Recovery;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let probe = Probe::default();
+    probe.script("w", &[(0, Outcome::Hang), (10, Outcome::Ok)]);
+    let ex = executor_with(store.clone(), &probe, ExecutorConfig::default()).await;
+    let spec = JobSpec::builder("interrupted").node(node("w")).build();
+    let a = ex.submit(spec.clone(), "x").await.unwrap();
+    let b = ex.submit(spec, "x").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(ex);
+
+    let start = |recovery| {
+        Executor::builder(store.clone())
+            .registry(registry(&probe))
+            .recovery(recovery)
+            .start()
+    };
+    let none = start(Recovery::None).await.unwrap();
+    assert!(none.active_jobs().await.unwrap().is_empty());
+    drop(none);
+    let only_a = start(Recovery::Only(vec![a.clone()])).await.unwrap();
+    assert_eq!(only_a.active_jobs().await.unwrap(), vec![a.clone()]);
+    assert_eq!(only_a.wait(&a).await.unwrap().state, JobState::Succeeded);
+    assert_eq!(
+        store.summary(&b).await.unwrap().progress.state,
+        JobState::Running
+    );
+}

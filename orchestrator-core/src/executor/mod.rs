@@ -187,10 +187,25 @@ impl Subscription {
     }
 }
 
+/// Which unfinished jobs an executor resumes when it starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Recovery {
+    /// Every unfinished job in the store: right for a long-running service
+    /// that owns the store.
+    #[default]
+    All,
+    /// None: the executor runs only what is submitted to it.
+    None,
+    /// Only these jobs (those of them that are unfinished), e.g. a command
+    /// that resumes one job and leaves the others to whoever owns them.
+    Only(Vec<JobId>),
+}
+
 /// Builds an [`Executor`].
 #[must_use]
 pub struct ExecutorBuilder {
     store: Arc<dyn Store>,
+    recovery: Recovery,
     registry: Registry,
     policies: PolicyRegistry,
     config: ExecutorConfig,
@@ -216,6 +231,12 @@ impl ExecutorBuilder {
         self
     }
 
+    /// Chooses which unfinished jobs to resume at start (default: all).
+    pub fn recovery(mut self, recovery: Recovery) -> Self {
+        self.recovery = recovery;
+        self
+    }
+
     /// Sets the wall clock used for journal timestamps.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -225,7 +246,11 @@ impl ExecutorBuilder {
     /// Starts the scheduler and resumes every unfinished job in the store.
     /// Must be called within a tokio runtime.
     pub async fn start(self) -> Result<Executor, ExecutorError> {
-        let unfinished = self.store.unfinished_jobs().await?;
+        let unfinished = match self.recovery {
+            Recovery::All => self.store.unfinished_jobs().await?,
+            Recovery::None => Vec::new(),
+            Recovery::Only(ids) => ids,
+        };
         let shared = Arc::new(Shared {
             store: self.store,
             registry: self.registry,
@@ -342,6 +367,7 @@ impl Executor {
     pub fn builder(store: Arc<dyn Store>) -> ExecutorBuilder {
         ExecutorBuilder {
             store,
+            recovery: Recovery::All,
             registry: Registry::with_builtins(),
             policies: PolicyRegistry::default(),
             config: ExecutorConfig::default(),

@@ -1,0 +1,445 @@
+//! The command line: every command, flag and environment variable, with the
+//! examples `--help` shows.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use orchestrator_core::{ExecutorConfig, HumanDuration, JobId, JobState};
+
+use crate::store::{StoreSpec, DEFAULT_STORE};
+
+const MAIN_EXAMPLES: &str = "\
+Examples:
+  orchestrator validate examples/plans/quickstart.yaml
+  orchestrator run examples/plans/quickstart.yaml --junit target/junit.xml
+  orchestrator run plan.json --store memory --json > status.json
+  orchestrator resume
+  orchestrator graph plan.yaml --format mermaid
+  orchestrator jobs list
+
+Environment:
+  DATABASE_URL            the store, as --store takes it
+  MAX_CONCURRENT_NODES, DEFAULT_RETRY_ATTEMPTS, MAX_RETRY_DELAY, JOB_TIMEOUT
+                          executor settings, as the flags of `run` and `resume`
+  ORCHESTRATOR_LOG        engine log level on stderr: off, error, warn (default),
+                          info, debug, trace
+  NO_COLOR                no colours
+
+Exit codes:
+  0  the job succeeded (or the command did what it was asked)
+  1  the job failed, was cancelled or timed out
+  2  invalid plan, unknown job or bad usage
+  3  store or internal error";
+
+const RUN_EXAMPLES: &str = "\
+Examples:
+  # Live progress on a terminal, a summary table at the end:
+  orchestrator run examples/plans/quickstart.yaml
+
+  # In CI: plain events, a JUnit report, and the exit code as the verdict:
+  orchestrator run plan.yaml --no-progress --junit target/orchestrator-junit.xml
+
+  # Machine-readable final status; nothing kept after the process exits:
+  orchestrator run plan.json --store memory --json | jq .state
+
+  # Read the plan from standard input, run at most 4 nodes at once:
+  generate-plan | orchestrator run - --max-concurrent-nodes 4
+
+Ctrl-C cancels the job gracefully (running attempts are signalled, the job
+ends `cancelled` in the journal); a second Ctrl-C stops at once, and
+`orchestrator resume` finishes the job later from a persistent store.";
+
+const RESUME_EXAMPLES: &str = "\
+Examples:
+  # Continue every unfinished job after a crash or kill:
+  orchestrator resume
+
+  # Continue one job, from a store elsewhere, with a JUnit report:
+  orchestrator resume 01J9Z3K4Q8X2M5N7P0R6S1T3V4 --store sled:/var/lib/orchestrator --junit junit.xml
+
+Nodes that already succeeded are never run again; attempts that were in
+flight when the process died are recorded as interrupted and retried by
+their retry policy. With several jobs, each is shown in turn (they all run
+at once), and `--json` prints one status per job.";
+
+const VALIDATE_EXAMPLES: &str = "\
+Examples:
+  orchestrator validate examples/plans/quickstart.yaml
+  orchestrator validate examples/plans/cycle.yaml      # lists the cycle, exits 2
+  orchestrator validate plan.json --json | jq '.[].code'";
+
+const GRAPH_EXAMPLES: &str = "\
+Examples:
+  orchestrator graph examples/plans/quickstart.yaml | dot -Tsvg > quickstart.svg
+  orchestrator graph plan.yaml --format mermaid > plan.mmd
+
+  # The stored job's own plan, nodes coloured by their state:
+  orchestrator graph --job 01J9Z3K4Q8X2M5N7P0R6S1T3V4 --store sled:.orchestrator
+
+The critical path (the longest chain of dependencies) is drawn in bold.";
+
+const JOBS_EXAMPLES: &str = "\
+Examples:
+  orchestrator jobs list --state running --state recovering
+  orchestrator jobs show 01J9Z3K4Q8X2M5N7P0R6S1T3V4 --events
+  orchestrator jobs cancel 01J9Z3K4Q8X2M5N7P0R6S1T3V4 --reason 'superseded'";
+
+/// Runs DAGs of test-execution nodes from plan files: journaled, recoverable,
+/// with live progress and JUnit reports.
+#[derive(Debug, Parser)]
+#[command(name = "orchestrator", version, after_help = MAIN_EXAMPLES)]
+pub(crate) struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run a plan: print the job id, follow the job, end with a summary.
+    #[command(after_help = RUN_EXAMPLES)]
+    Run(RunArgs),
+    /// Continue unfinished jobs of a store after a crash or kill.
+    #[command(after_help = RESUME_EXAMPLES)]
+    Resume(ResumeArgs),
+    /// Check a plan: every problem with its path and code, or a short
+    /// description of its DAG.
+    #[command(after_help = VALIDATE_EXAMPLES)]
+    Validate(ValidateArgs),
+    /// Print a plan's DAG as Graphviz dot or Mermaid.
+    #[command(after_help = GRAPH_EXAMPLES)]
+    Graph(GraphArgs),
+    /// List, inspect and cancel the jobs of a store.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+}
+
+/// `--store`, shared by every command that opens one.
+#[derive(Debug, Args)]
+pub(crate) struct StoreArgs {
+    /// Where jobs are journaled: `memory` (this process only), `sled:PATH`
+    /// or `mongodb://…`.
+    #[arg(
+        long,
+        value_name = "STORE",
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = DEFAULT_STORE
+    )]
+    pub(crate) store: StoreSpec,
+}
+
+/// Executor settings; unset ones keep the engine's defaults.
+#[derive(Debug, Args)]
+pub(crate) struct ExecArgs {
+    /// Most node attempts running at once [default: 10].
+    #[arg(long, value_name = "N", env = "MAX_CONCURRENT_NODES",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_concurrent_nodes: Option<u32>,
+    /// Attempts per node (the first included) when a plan's retry policy
+    /// does not say [default: 3].
+    #[arg(long, value_name = "N", env = "DEFAULT_RETRY_ATTEMPTS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) default_retry_attempts: Option<u32>,
+    /// Longest single delay between attempts, e.g. `300` (seconds), `90s`,
+    /// `5m` [default: 300s].
+    #[arg(long, value_name = "DURATION", env = "MAX_RETRY_DELAY", value_parser = parse_duration)]
+    pub(crate) max_retry_delay: Option<Duration>,
+    /// Timeout of a job whose plan sets none, e.g. `3600` (seconds), `1h`
+    /// [default: 1h].
+    #[arg(long, value_name = "DURATION", env = "JOB_TIMEOUT", value_parser = parse_duration)]
+    pub(crate) job_timeout: Option<Duration>,
+}
+
+impl ExecArgs {
+    /// The executor configuration: the engine's defaults, overridden by
+    /// whatever was given.
+    pub(crate) fn config(&self) -> ExecutorConfig {
+        let mut config = ExecutorConfig::default();
+        if let Some(n) = self.max_concurrent_nodes {
+            config.max_concurrent_nodes = n as usize;
+        }
+        if let Some(n) = self.default_retry_attempts {
+            config.retry.max_attempts = n;
+        }
+        if let Some(d) = self.max_retry_delay {
+            config.retry.max_delay = d;
+        }
+        if let Some(d) = self.job_timeout {
+            config.job_timeout = d;
+        }
+        config
+    }
+}
+
+/// How a followed job is shown.
+#[derive(Debug, Args)]
+pub(crate) struct OutputArgs {
+    /// Write a JUnit XML report (one testcase per node, flaky nodes marked
+    /// as cargo-nextest does) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) junit: Option<PathBuf>,
+    /// Print the final job status as JSON on stdout instead of the table
+    /// (progress and events go to stderr).
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Print plain line-by-line events instead of live progress bars.
+    #[arg(long)]
+    pub(crate) no_progress: bool,
+}
+
+/// `orchestrator run`.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The plan: a job spec in YAML or JSON (`-` reads standard input).
+    #[arg(value_name = "PLAN")]
+    pub(crate) plan: PathBuf,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    #[command(flatten)]
+    pub(crate) exec: ExecArgs,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+/// `orchestrator resume`.
+#[derive(Debug, Args)]
+pub(crate) struct ResumeArgs {
+    /// The job to continue; every unfinished job of the store without it.
+    #[arg(value_name = "JOB_ID")]
+    pub(crate) job: Option<JobId>,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    #[command(flatten)]
+    pub(crate) exec: ExecArgs,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+/// `orchestrator validate`.
+#[derive(Debug, Args)]
+pub(crate) struct ValidateArgs {
+    /// The plan: a job spec in YAML or JSON (`-` reads standard input).
+    #[arg(value_name = "PLAN")]
+    pub(crate) plan: PathBuf,
+    /// Print the problems (or the DAG's description) as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// Graph output formats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub(crate) enum GraphFormat {
+    /// Graphviz dot (`dot -Tsvg`).
+    #[default]
+    Dot,
+    /// A Mermaid flowchart (Markdown, GitHub, GitLab).
+    Mermaid,
+}
+
+/// `orchestrator graph`.
+#[derive(Debug, Args)]
+pub(crate) struct GraphArgs {
+    /// The plan to draw; with `--job` alone, the job's own plan is drawn.
+    #[arg(value_name = "PLAN", required_unless_present = "job")]
+    pub(crate) plan: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+    pub(crate) format: GraphFormat,
+    /// Colour the nodes by the state they have in this stored job (matched
+    /// by node id when a PLAN is given too).
+    #[arg(long, value_name = "ID")]
+    pub(crate) job: Option<JobId>,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+}
+
+/// `orchestrator jobs …`.
+#[derive(Debug, Subcommand)]
+#[command(after_help = JOBS_EXAMPLES)]
+pub(crate) enum JobsCommand {
+    /// List jobs, newest first.
+    #[command(after_help = JOBS_EXAMPLES)]
+    List(ListArgs),
+    /// Show one job: its nodes, attempts, durations and errors.
+    #[command(after_help = JOBS_EXAMPLES)]
+    Show(ShowArgs),
+    /// Cancel an unfinished job: nothing new starts, it ends `cancelled`.
+    #[command(after_help = JOBS_EXAMPLES)]
+    Cancel(CancelArgs),
+}
+
+/// `orchestrator jobs list`.
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// Only jobs in this state (repeatable).
+    #[arg(long, value_name = "STATE", value_parser = parse_job_state)]
+    pub(crate) state: Vec<JobState>,
+    /// Only jobs whose name contains this text (case-insensitive).
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) name: Option<String>,
+    /// Most jobs to list (1 to 1000).
+    #[arg(long, value_name = "N", default_value_t = 50,
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub(crate) limit: u16,
+    /// Continue after the last job of a previous page.
+    #[arg(long, value_name = "CURSOR")]
+    pub(crate) cursor: Option<String>,
+    /// Print the page as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `orchestrator jobs show`.
+#[derive(Debug, Args)]
+pub(crate) struct ShowArgs {
+    /// The job.
+    #[arg(value_name = "ID")]
+    pub(crate) job: JobId,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// Print the job's status as JSON.
+    #[arg(long, conflicts_with = "events")]
+    pub(crate) json: bool,
+    /// Print the job's whole journal, one event a line, before the summary.
+    #[arg(long)]
+    pub(crate) events: bool,
+}
+
+/// `orchestrator jobs cancel`.
+#[derive(Debug, Args)]
+pub(crate) struct CancelArgs {
+    /// The job.
+    #[arg(value_name = "ID")]
+    pub(crate) job: JobId,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// Why, for the journal.
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) reason: Option<String>,
+}
+
+/// A duration from a flag or the environment. A bare number is seconds
+/// (`JOB_TIMEOUT=3600`, as such variables are usually written); otherwise
+/// a human duration such as `90s`, `5m`, `1h` or `250ms`.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let d = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        let secs: u64 = t
+            .parse()
+            .map_err(|_| format!("{s:?} is too large a number of seconds"))?;
+        format!("{secs}s")
+            .parse::<HumanDuration>()
+            .map_err(|e| e.to_string())?
+    } else {
+        t.parse::<HumanDuration>().map_err(|e| e.to_string())?
+    };
+    if d.get().is_zero() {
+        return Err("the duration must be positive".into());
+    }
+    Ok(d.get())
+}
+
+/// A job state by its snake_case name.
+pub(crate) fn parse_job_state(s: &str) -> Result<JobState, String> {
+    JobState::ALL
+        .into_iter()
+        .find(|state| state.as_str() == s)
+        .ok_or_else(|| {
+            let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+            format!("unknown job state {s:?}; one of: {}", names.join(", "))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_are_seconds_or_human() {
+        assert_eq!(parse_duration("3600"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("99999999999999999999999").is_err());
+    }
+
+    #[test]
+    fn job_states_parse_by_name() {
+        assert_eq!(parse_job_state("timed_out"), Ok(JobState::TimedOut));
+        assert!(parse_job_state("done").unwrap_err().contains("succeeded"));
+    }
+
+    #[test]
+    fn documented_defaults_match_the_engine() {
+        // The help texts state these; keep them honest.
+        let d = ExecutorConfig::default();
+        assert_eq!(d.max_concurrent_nodes, 10);
+        assert_eq!(d.retry.max_attempts, 3);
+        assert_eq!(d.retry.max_delay, Duration::from_secs(300));
+        assert_eq!(d.job_timeout, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn flags_override_the_engine_defaults() {
+        let cli = Cli::try_parse_from([
+            "orchestrator",
+            "run",
+            "plan.yaml",
+            "--store",
+            "memory",
+            "--max-concurrent-nodes",
+            "4",
+            "--default-retry-attempts",
+            "5",
+            "--max-retry-delay",
+            "30",
+            "--job-timeout",
+            "10m",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run");
+        };
+        assert_eq!(run.store.store, StoreSpec::Memory);
+        let config = run.exec.config();
+        assert_eq!(config.max_concurrent_nodes, 4);
+        assert_eq!(config.retry.max_attempts, 5);
+        assert_eq!(config.retry.max_delay, Duration::from_secs(30));
+        assert_eq!(config.job_timeout, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for args in [
+            &["orchestrator", "run", "p.yaml", "--store", "postgres://x"][..],
+            &[
+                "orchestrator",
+                "run",
+                "p.yaml",
+                "--max-concurrent-nodes",
+                "0",
+            ],
+            &["orchestrator", "run", "p.yaml", "--job-timeout", "soon"],
+            &["orchestrator", "resume", "not a job id"],
+            &["orchestrator", "graph"],
+            &["orchestrator", "jobs", "list", "--limit", "0"],
+        ] {
+            let err = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+}

@@ -1,0 +1,968 @@
+//! End-to-end tests of the `orchestrator` binary: exit codes, `--json`,
+//! JUnit reports, `validate`, `graph`, `jobs`, Ctrl-C and `resume` after a
+//! kill. Plans are small and sleep briefly, so the suite stays fast.
+//!
+//! Tests that need a store that outlives a process are marked
+//! `#[ignore = "needs the sled store"]` until that store is built in.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use quick_junit::{NonSuccessKind, Report, TestCaseStatus};
+use serde_json::Value;
+
+/// Generous bound for anything that should take a second or two, so a
+/// loaded machine does not make the suite flaky.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn plan(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/plans")
+        .join(name)
+}
+
+/// The binary, with none of the configuration variables of the machine
+/// running the tests.
+fn orchestrator() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestrator"));
+    for var in [
+        "DATABASE_URL",
+        "MAX_CONCURRENT_NODES",
+        "DEFAULT_RETRY_ATTEMPTS",
+        "MAX_RETRY_DELAY",
+        "JOB_TIMEOUT",
+        "ORCHESTRATOR_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("NO_COLOR", "1").stdin(Stdio::null());
+    cmd
+}
+
+fn run(args: &[&str]) -> Output {
+    orchestrator().args(args).output().expect("the binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("exited, not killed")
+}
+
+fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+fn node<'a>(status: &'a Value, id: &str) -> &'a Value {
+    status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == id)
+        .unwrap_or_else(|| panic!("no node {id} in {status}"))
+}
+
+/// A running `orchestrator`, its output read line by line.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    other: std::thread::JoinHandle<String>,
+}
+
+impl Running {
+    /// Starts `args`, following stdout (`follow_stderr` false) or stderr
+    /// line by line; the other stream is collected whole.
+    fn start(args: &[&str], follow_stderr: bool) -> Self {
+        let mut child = orchestrator()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (followed, mut other): (Box<dyn Read + Send>, Box<dyn Read + Send>) = if follow_stderr {
+            (
+                Box::new(child.stderr.take().unwrap()),
+                Box::new(child.stdout.take().unwrap()),
+            )
+        } else {
+            (
+                Box::new(child.stdout.take().unwrap()),
+                Box::new(child.stderr.take().unwrap()),
+            )
+        };
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(followed).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let other = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = other.read_to_string(&mut s);
+            s
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+            other,
+        }
+    }
+
+    /// Waits for a followed line containing `needle` and returns it.
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no line with {needle:?}; saw:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// Waits for the process to end: its exit status, every followed line,
+    /// and the other stream.
+    fn finish(mut self) -> (std::process::ExitStatus, String, String) {
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the process did not end");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        let other = self.other.join().unwrap();
+        (status, self.seen.join("\n"), other)
+    }
+}
+
+/// The job id from a `job ID submitted: …` line.
+fn job_id(line: &str) -> String {
+    let mut words = line.split_whitespace();
+    assert_eq!(words.next(), Some("job"), "{line}");
+    words.next().unwrap().to_owned()
+}
+
+const LONG_PLAN: &str = "
+name: long
+dag_definition:
+  nodes:
+    - {id: quick, type: process, params: {command: 'true'}}
+    - id: slow
+      type: process
+      depends_on: [quick]
+      params: {shell: true, command: 'echo started; sleep 30'}
+    - {id: after, type: noop, depends_on: [slow]}
+";
+
+#[test]
+fn quickstart_succeeds_with_a_flaky_node_in_json_and_junit() {
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("reports/junit.xml");
+    let out = run(&[
+        "run",
+        plan("quickstart.yaml").to_str().unwrap(),
+        "--store",
+        "memory",
+        "--json",
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(code(&out), 0, "{stderr}");
+
+    // stdout is the final status, and only that.
+    let status: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    assert_eq!(status["state"], "succeeded");
+    assert_eq!(status["nodes_total"], 7);
+    assert_eq!(status["nodes_finished"], 7);
+    assert_eq!(node(&status, "unit-network")["attempts"], 2);
+    assert_eq!(node(&status, "lint")["attempts"], 1);
+    assert_eq!(node(&status, "report")["state"], "succeeded");
+    // Events went to stderr, one per line, the job id first.
+    let id = status["id"].as_str().unwrap();
+    assert!(
+        stderr.starts_with(&format!("job {id} submitted: quickstart")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("node.retry_scheduled  unit-network  attempt 1"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("execution.completed"), "{stderr}");
+
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains("<flakyFailure"), "{xml}");
+    let report = Report::deserialize_from_str(&xml).expect("valid JUnit XML");
+    assert_eq!(report.test_suites.len(), 1);
+    let suite = &report.test_suites[0];
+    assert_eq!(suite.name.as_str(), "quickstart");
+    assert_eq!(suite.test_cases.len(), 7);
+    assert_eq!((suite.failures, suite.errors, suite.skipped), (0, 0, 0));
+    for case in &suite.test_cases {
+        assert_eq!(case.classname.as_ref().unwrap().as_str(), "quickstart");
+        assert!(case.time.is_some(), "{case:?}");
+        let TestCaseStatus::Success { flaky_runs } = &case.status else {
+            panic!("{} did not pass: {:?}", case.name.as_str(), case.status);
+        };
+        if case.name.as_str() == "unit-network" {
+            assert_eq!(flaky_runs.len(), 1, "{case:?}");
+            let run = &flaky_runs[0];
+            assert_eq!(run.kind, NonSuccessKind::Failure);
+            assert_eq!(run.ty.as_ref().unwrap().as_str(), "unknown");
+            assert!(run
+                .message
+                .as_ref()
+                .unwrap()
+                .as_str()
+                .starts_with("attempt 1: "));
+            assert!(run
+                .system_err
+                .as_ref()
+                .unwrap()
+                .as_str()
+                .contains("connection reset by peer"));
+            assert!(case
+                .system_out
+                .as_ref()
+                .unwrap()
+                .as_str()
+                .contains("attempt 2"));
+        } else {
+            assert!(flaky_runs.is_empty(), "{case:?}");
+        }
+    }
+}
+
+#[test]
+fn a_failing_plan_exits_1_with_upstream_failed_and_skipped_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("junit.xml");
+    let out = run(&[
+        "run",
+        plan("failing.yaml").to_str().unwrap(),
+        "--store",
+        "memory",
+        "--no-progress",
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(code(&out), 1, "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("node.failed           unit"), "{stdout}");
+    assert!(
+        stdout.contains("stderr | assertion failed: expected 200, got 500"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("node.upstream_failed  e2e"), "{stdout}");
+    assert!(
+        stdout.contains("node.skipped          rollback"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("execution.failed"), "{stdout}");
+    // The summary table and totals line.
+    let table: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("NODE "))
+        .collect();
+    assert!(
+        table[0].contains("STATUS") && table[0].contains("LAST ERROR"),
+        "{stdout}"
+    );
+    let row = |id: &str| {
+        *table
+            .iter()
+            .find(|l| l.starts_with(&format!("{id} ")))
+            .unwrap_or_else(|| panic!("no row for {id}"))
+    };
+    assert!(row("unit").contains(" failed "), "{stdout}");
+    assert!(row("e2e").contains("upstream_failed"), "{stdout}");
+    assert!(
+        row("deploy-preview").contains("upstream_failed"),
+        "{stdout}"
+    );
+    assert!(row("rollback").contains("skipped"), "{stdout}");
+    assert!(row("cleanup").contains("succeeded"), "{stdout}");
+    let totals = table.iter().find(|l| l.starts_with("job ")).unwrap();
+    assert!(totals.contains(" failed in "), "{totals}");
+    assert!(
+        totals.contains("7 nodes, 3 succeeded, 1 failed, 1 skipped, 2 upstream_failed; 4 attempts"),
+        "{totals}"
+    );
+
+    let report = Report::deserialize_from_str(&std::fs::read_to_string(&junit).unwrap()).unwrap();
+    let suite = &report.test_suites[0];
+    assert_eq!((suite.failures, suite.skipped), (1, 3));
+    let unit = suite
+        .test_cases
+        .iter()
+        .find(|c| c.name.as_str() == "unit")
+        .unwrap();
+    let TestCaseStatus::NonSuccess { kind, ty, .. } = &unit.status else {
+        panic!("unit did not fail: {unit:?}");
+    };
+    assert_eq!(*kind, NonSuccessKind::Failure);
+    assert_eq!(ty.as_ref().unwrap().as_str(), "unknown");
+    assert!(unit
+        .system_err
+        .as_ref()
+        .unwrap()
+        .as_str()
+        .contains("assertion failed"));
+    let e2e = suite
+        .test_cases
+        .iter()
+        .find(|c| c.name.as_str() == "e2e")
+        .unwrap();
+    assert!(
+        matches!(e2e.status, TestCaseStatus::Skipped { .. }),
+        "{e2e:?}"
+    );
+}
+
+#[test]
+fn invalid_plans_and_usage_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let out = run(&[
+        "run",
+        plan("cycle.yaml").to_str().unwrap(),
+        "--store",
+        "memory",
+    ]);
+    assert_eq!(code(&out), 2);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("dependency cycle") && stderr.contains("(cycle)"),
+        "{stderr}"
+    );
+
+    let typo = write(
+        dir.path(),
+        "typo.json",
+        r#"{"name": "x", "dag_definition": {"nodes": [{"id": "a", "type": "noop", "depnds_on": []}]}}"#,
+    );
+    let out = run(&["run", typo.to_str().unwrap(), "--store", "memory"]);
+    assert_eq!(code(&out), 2);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("/dag_definition/nodes/0/depnds_on") && stderr.contains("(unknown_field)"),
+        "{stderr}"
+    );
+
+    let unknown_type = write(
+        dir.path(),
+        "unknown.yaml",
+        "name: x\ndag_definition:\n  nodes:\n    - {id: a, type: selenium}\n",
+    );
+    let out = run(&["run", unknown_type.to_str().unwrap(), "--store", "memory"]);
+    assert_eq!(code(&out), 2);
+    assert!(text(&out.stderr).contains("(unknown_node_type)"));
+
+    let missing = dir.path().join("missing.yaml");
+    assert_eq!(
+        code(&run(&[
+            "run",
+            missing.to_str().unwrap(),
+            "--store",
+            "memory"
+        ])),
+        2
+    );
+    assert_eq!(code(&run(&["run"])), 2);
+    assert_eq!(code(&run(&["run", "x.yaml", "--bogus"])), 2);
+    assert_eq!(code(&run(&["frobnicate"])), 2);
+    let out = run(&["run", "x.yaml", "--store", "postgres://db"]);
+    assert_eq!(code(&out), 2);
+    assert!(text(&out.stderr).contains("expected `memory`, `sled:PATH` or `mongodb://…`"));
+    let out = orchestrator()
+        .args(["run", "x.yaml", "--store", "memory"])
+        .env("MAX_CONCURRENT_NODES", "none")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{}", text(&out.stderr));
+}
+
+#[test]
+fn mongodb_is_not_in_this_build_and_its_password_never_shows() {
+    let quick = plan("quickstart.yaml");
+    let out = run(&[
+        "run",
+        quick.to_str().unwrap(),
+        "--store",
+        "mongodb://user:secret@db.example/jobs",
+    ]);
+    assert_eq!(code(&out), 3);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("not available in this build"), "{stderr}");
+    assert!(!stderr.contains("secret"), "{stderr}");
+}
+
+#[test]
+fn the_default_store_is_sled_in_the_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = orchestrator()
+        .args(["jobs", "list"])
+        .env_remove("DATABASE_URL")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(dir.path().join(".orchestrator").is_dir());
+}
+
+#[test]
+fn the_environment_configures_the_store_and_the_executor() {
+    let dir = tempfile::tempdir().unwrap();
+    // DATABASE_URL picks the store when --store is not given.
+    let quick = write(
+        dir.path(),
+        "quick.json",
+        r#"{"name": "quick", "dag_definition": {"nodes": [{"id": "a", "type": "noop"}]}}"#,
+    );
+    let out = orchestrator()
+        .args(["run", quick.to_str().unwrap(), "--json"])
+        .env("DATABASE_URL", "memory")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+
+    // JOB_TIMEOUT (seconds) applies to a plan that sets no timeout.
+    let slow = write(
+        dir.path(),
+        "slow.yaml",
+        "name: slow\ndag_definition:\n  nodes:\n    - {id: nap, type: sleep, params: {duration: 30s}}\n",
+    );
+    let started = Instant::now();
+    let out = orchestrator()
+        .args(["run", slow.to_str().unwrap(), "--store", "memory", "--json"])
+        .env("JOB_TIMEOUT", "1")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 1, "{}", text(&out.stderr));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["state"], "timed_out");
+    assert!(started.elapsed() < Duration::from_secs(25));
+}
+
+#[test]
+fn plans_can_come_from_standard_input() {
+    let mut child = orchestrator()
+        .args(["run", "-", "--store", "memory", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        br#"{"name": "piped", "dag_definition": {"nodes": [{"id": "a", "type": "process", "params": {"command": "echo", "args": ["hi"]}}]}}"#,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(node(&status, "a")["output"]["stdout"], "hi\n");
+}
+
+#[test]
+fn validate_reports_the_cycle_path_and_code() {
+    let out = run(&["validate", plan("cycle.yaml").to_str().unwrap()]);
+    assert_eq!(code(&out), 2);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("is not a valid job: 1 problem"), "{stdout}");
+    let problem = stdout.lines().nth(1).unwrap();
+    assert!(problem.starts_with("  /dag_definition/nodes/"), "{problem}");
+    assert!(problem.ends_with("(cycle)"), "{problem}");
+    for id in ["integration", "deploy", "smoke"] {
+        assert!(problem.contains(id), "{problem}");
+    }
+    assert!(problem.contains(" -> "), "{problem}");
+
+    let out = run(&["validate", plan("cycle.yaml").to_str().unwrap(), "--json"]);
+    assert_eq!(code(&out), 2);
+    let problems: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(problems[0]["code"], "cycle");
+    assert!(problems[0]["path"]
+        .as_str()
+        .unwrap()
+        .starts_with("/dag_definition/nodes/"));
+}
+
+#[test]
+fn validate_describes_a_valid_dag() {
+    let out = run(&["validate", plan("quickstart.yaml").to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("valid job \"quickstart\""), "{stdout}");
+    assert!(
+        stdout.contains("  nodes          7 (process: 7)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  edges          9"), "{stdout}");
+    assert!(
+        stdout.contains("  depth          4 levels (widest: 4 nodes)"),
+        "{stdout}"
+    );
+    let critical = stdout
+        .lines()
+        .find(|l| l.contains("critical path"))
+        .unwrap();
+    assert!(critical.contains("lint -> unit-"), "{critical}");
+    assert!(
+        critical.ends_with("-> integration -> report (4 nodes)"),
+        "{critical}"
+    );
+
+    let out = run(&[
+        "validate",
+        plan("quickstart.yaml").to_str().unwrap(),
+        "--json",
+    ]);
+    let d: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            d["nodes"].as_u64(),
+            d["edges"].as_u64(),
+            d["depth"].as_u64()
+        ),
+        (Some(7), Some(9), Some(4))
+    );
+    assert_eq!(d["critical_path"].as_array().unwrap().len(), 4);
+
+    // Parse errors are problems too, with their path and code.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "name: x\ndag_definition:\n  nodes: 3\n",
+    );
+    let out = run(&["validate", bad.to_str().unwrap()]);
+    assert_eq!(code(&out), 2);
+    assert!(
+        text(&out.stdout).contains("/dag_definition/nodes: "),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(text(&out.stdout).contains("(invalid_type)"));
+}
+
+#[test]
+fn graph_prints_dot_and_mermaid() {
+    let quick = plan("quickstart.yaml");
+    let out = run(&["graph", quick.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let dot = text(&out.stdout);
+    assert!(dot.starts_with("digraph \"quickstart\" {"), "{dot}");
+    assert_eq!(dot.matches(" [label=").count(), 7, "{dot}");
+    assert_eq!(dot.matches(" -> ").count(), 9, "{dot}");
+    assert!(dot.contains("n0 [label=\"lint\\nprocess\"];"), "{dot}");
+    assert!(dot.contains("penwidth"), "the critical path is bold: {dot}");
+    assert!(dot.trim_end().ends_with('}'));
+
+    let out = run(&["graph", quick.to_str().unwrap(), "--format", "mermaid"]);
+    assert_eq!(code(&out), 0);
+    let mermaid = text(&out.stdout);
+    assert!(mermaid.contains("flowchart LR\n"), "{mermaid}");
+    assert_eq!(mermaid.matches(" --> ").count(), 9, "{mermaid}");
+    assert!(
+        mermaid.contains("  n0[\"lint<br/><small>process</small>\"]"),
+        "{mermaid}"
+    );
+
+    assert_eq!(
+        code(&run(&["graph", quick.to_str().unwrap(), "--format", "png"])),
+        2
+    );
+    assert_eq!(
+        code(&run(&["graph", plan("cycle.yaml").to_str().unwrap()])),
+        2
+    );
+    // A job the store does not have.
+    let out = run(&["graph", "--job", "01JNOSUCHJOB", "--store", "memory"]);
+    assert_eq!(code(&out), 2);
+    assert!(text(&out.stderr).contains("not found"));
+}
+
+#[test]
+fn jobs_commands_on_the_memory_store_explain_it_is_empty() {
+    let out = run(&["jobs", "list", "--store", "memory"]);
+    assert_eq!(code(&out), 0);
+    assert!(text(&out.stdout).contains("no jobs in store memory"));
+    let out = run(&["jobs", "list", "--store", "memory", "--json"]);
+    let page: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(page["jobs"], serde_json::json!([]));
+    for cmd in ["show", "cancel"] {
+        let out = run(&["jobs", cmd, "01JNOSUCHJOB", "--store", "memory"]);
+        assert_eq!(code(&out), 2, "{cmd}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("job 01JNOSUCHJOB not found in store memory"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("starts empty in every process"), "{stderr}");
+    }
+    let out = run(&["resume", "--store", "memory"]);
+    assert_eq!(code(&out), 0);
+    assert!(text(&out.stdout).contains("nothing to resume"));
+    assert_eq!(
+        code(&run(&["resume", "01JNOSUCHJOB", "--store", "memory"])),
+        2
+    );
+    assert_eq!(
+        code(&run(&[
+            "jobs", "list", "--store", "memory", "--state", "done"
+        ])),
+        2
+    );
+}
+
+#[test]
+fn every_command_has_help_with_examples() {
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["resume", "--help"],
+        &["validate", "--help"],
+        &["graph", "--help"],
+        &["jobs", "--help"],
+        &["jobs", "list", "--help"],
+        &["jobs", "show", "--help"],
+        &["jobs", "cancel", "--help"],
+    ] {
+        let out = run(args);
+        assert_eq!(code(&out), 0, "{args:?}");
+        let help = text(&out.stdout);
+        assert!(help.contains("Examples:"), "{args:?}:\n{help}");
+        assert!(help.contains("orchestrator "), "{args:?}");
+    }
+    let help = text(&run(&["run", "--help"]).stdout);
+    for flag in [
+        "--store",
+        "--junit",
+        "--json",
+        "--no-progress",
+        "MAX_CONCURRENT_NODES",
+        "DEFAULT_RETRY_ATTEMPTS",
+        "MAX_RETRY_DELAY",
+        "JOB_TIMEOUT",
+        "DATABASE_URL",
+    ] {
+        assert!(help.contains(flag), "run --help lacks {flag}:\n{help}");
+    }
+}
+
+#[test]
+fn ctrl_c_cancels_the_job_and_journals_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = write(dir.path(), "long.yaml", LONG_PLAN);
+    // Events on stderr, the final status as JSON on stdout.
+    let mut run = Running::start(
+        &["run", long.to_str().unwrap(), "--store", "memory", "--json"],
+        true,
+    );
+    let id = job_id(&run.wait_for("submitted"));
+    run.wait_for("node.started          slow");
+    let started = Instant::now();
+    run.signal("-INT");
+    let (status, events, stdout) = run.finish();
+    assert_eq!(status.code(), Some(1), "{events}");
+    // SIGTERM ends `sleep` at once: no need to wait for the kill grace.
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(
+        events.contains("execution.cancelling  interrupted (Ctrl-C)"),
+        "{events}"
+    );
+    assert!(events.contains("execution.cancelled"), "{events}");
+    let status: Value = serde_json::from_str(&stdout).expect("final status on stdout");
+    assert_eq!(status["id"], id.as_str());
+    assert_eq!(status["state"], "cancelled");
+    assert_eq!(status["cancel_reason"], "interrupted (Ctrl-C)");
+    assert_eq!(node(&status, "quick")["state"], "succeeded");
+    assert_eq!(node(&status, "slow")["state"], "cancelled");
+    assert_eq!(node(&status, "slow")["last_error"]["class"], "cancelled");
+    assert_eq!(node(&status, "after")["state"], "cancelled");
+    assert!(status["finished_at"].is_u64());
+}
+
+#[test]
+fn a_second_ctrl_c_stops_at_once_and_kills_running_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    // The node ignores SIGTERM, so a graceful stop takes the process
+    // runner's whole kill grace.
+    let stubborn = write(
+        dir.path(),
+        "stubborn.yaml",
+        &format!(
+            "name: stubborn\ndag_definition:\n  nodes:\n    - id: stubborn\n      type: process\n      params:\n        shell: true\n        command: \"trap '' TERM; echo $$ > {}; echo started; sleep 30\"\n",
+            pid_file.display()
+        ),
+    );
+    let mut run = Running::start(
+        &[
+            "run",
+            stubborn.to_str().unwrap(),
+            "--store",
+            "memory",
+            "--no-progress",
+        ],
+        false,
+    );
+    run.wait_for("node.started");
+    let deadline = Instant::now() + PATIENCE;
+    while !pid_file.exists()
+        || std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the node never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    run.signal("-INT");
+    run.wait_for("execution.cancelling");
+    run.signal("-INT");
+    let (status, stdout, stderr) = run.finish();
+    assert_eq!(status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("stopped without waiting"), "{stderr}");
+    assert!(!stdout.contains("execution.cancelled"), "{stdout}");
+    // The attempt's process group went with it.
+    let deadline = Instant::now() + PATIENCE;
+    while process_alive(&pid) {
+        assert!(Instant::now() < deadline, "the node's shell {pid} survived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether process `pid` still runs (a zombie waiting to be reaped does not).
+fn process_alive(pid: &str) -> bool {
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        return stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'));
+    }
+    if Path::new("/proc/self/stat").exists() {
+        return false;
+    }
+    Command::new("kill")
+        .args(["-0", pid])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// Runs `orchestrator … --store sled:DIR`.
+fn sled(dir: &Path) -> String {
+    format!("sled:{}", dir.join("store").display())
+}
+
+#[test]
+fn resume_after_sigkill_does_not_rerun_succeeded_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sled(dir.path());
+    let runs = dir.path().join("first-runs");
+    let slow_pid = dir.path().join("slow-pid");
+    let plan = write(
+        dir.path(),
+        "resumable.yaml",
+        &format!(
+            "name: resumable
+dag_definition:
+  nodes:
+    - id: first
+      type: process
+      params: {{shell: true, command: 'echo ran >> {runs}'}}
+    - id: slow
+      type: process
+      depends_on: [first]
+      params:
+        shell: true
+        command: 'echo $$ > {pid}; if [ \"$ORCHESTRATOR_ATTEMPT\" = 1 ]; then sleep 30; fi; echo done'
+    - {{id: last, type: noop, depends_on: [slow]}}
+",
+            runs = runs.display(),
+            pid = slow_pid.display()
+        ),
+    );
+    let mut run = Running::start(
+        &[
+            "run",
+            plan.to_str().unwrap(),
+            "--store",
+            &store,
+            "--no-progress",
+        ],
+        false,
+    );
+    let id = job_id(&run.wait_for("submitted"));
+    run.wait_for("node.started          slow");
+    run.signal("-KILL");
+    let (status, _, _) = run.finish();
+    assert_eq!(status.code(), None, "killed by a signal");
+    // The orphaned attempt is the crash's leftover, not the test's subject.
+    if let Ok(pid) = std::fs::read_to_string(&slow_pid) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", pid.trim())])
+            .status();
+    }
+
+    let out = run_with_store(&["jobs", "list"], &store);
+    assert_eq!(code(&out), 0);
+    assert!(text(&out.stdout).contains(&id), "{}", text(&out.stdout));
+
+    let junit = dir.path().join("junit.xml");
+    let out = run_with_store(
+        &["resume", "--json", "--junit", junit.to_str().unwrap()],
+        &store,
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(&format!("resuming job {id}")), "{stderr}");
+    assert!(stderr.contains("recovery.initiated"), "{stderr}");
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["state"], "succeeded");
+    assert_eq!(
+        node(&status, "first")["attempts"],
+        1,
+        "succeeded nodes never run again"
+    );
+    assert_eq!(
+        node(&status, "slow")["attempts"],
+        2,
+        "the interrupted attempt is retried"
+    );
+    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "ran\n");
+    let report = Report::deserialize_from_str(&std::fs::read_to_string(&junit).unwrap()).unwrap();
+    assert_eq!(report.test_suites[0].test_cases.len(), 3);
+
+    // Nothing is left to resume, and the store says how the job ended.
+    let out = run_with_store(&["resume"], &store);
+    assert_eq!(code(&out), 0);
+    assert!(text(&out.stdout).contains("nothing to resume"));
+    let out = run_with_store(&["jobs", "show", &id, "--json"], &store);
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["state"], "succeeded");
+    let out = run_with_store(&["resume", &id], &store);
+    assert_eq!(code(&out), 2, "an already finished job");
+}
+
+fn run_with_store(args: &[&str], store: &str) -> Output {
+    let mut all = args.to_vec();
+    all.extend(["--store", store]);
+    run(&all)
+}
+
+#[test]
+fn ctrl_c_leaves_a_cancelled_job_in_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sled(dir.path());
+    let long = write(dir.path(), "long.yaml", LONG_PLAN);
+    let mut run = Running::start(
+        &[
+            "run",
+            long.to_str().unwrap(),
+            "--store",
+            &store,
+            "--no-progress",
+        ],
+        false,
+    );
+    let id = job_id(&run.wait_for("submitted"));
+    run.wait_for("node.started          slow");
+    run.signal("-INT");
+    let (status, _, _) = run.finish();
+    assert_eq!(status.code(), Some(1));
+
+    let out = run_with_store(&["jobs", "show", &id, "--events"], &store);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("execution.cancelling  interrupted (Ctrl-C)"),
+        "{shown}"
+    );
+    assert!(shown.contains("execution.cancelled"), "{shown}");
+    assert!(shown.contains("state cancelled"), "{shown}");
+    let out = run_with_store(&["graph", "--job", &id, "--format", "mermaid"], &store);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let graph = text(&out.stdout);
+    assert!(
+        graph.contains("succeeded · 1 attempt\"]:::succeeded"),
+        "{graph}"
+    );
+    assert!(graph.contains("classDef cancelled"), "{graph}");
+    let out = run_with_store(&["jobs", "cancel", &id], &store);
+    assert_eq!(code(&out), 2, "already finished");
+}
+
+#[test]
+fn jobs_cancel_ends_an_interrupted_job_without_running_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sled(dir.path());
+    let long = write(dir.path(), "long.yaml", LONG_PLAN);
+    let mut run = Running::start(
+        &[
+            "run",
+            long.to_str().unwrap(),
+            "--store",
+            &store,
+            "--no-progress",
+        ],
+        false,
+    );
+    let id = job_id(&run.wait_for("submitted"));
+    run.wait_for("node.started          slow");
+    run.signal("-KILL");
+    run.finish();
+
+    let out = run_with_store(&["jobs", "list", "--state", "running"], &store);
+    assert!(text(&out.stdout).contains(&id), "{}", text(&out.stdout));
+    let out = run_with_store(&["jobs", "cancel", &id, "--reason", "superseded"], &store);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("cancelled (superseded)"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run_with_store(&["jobs", "show", &id, "--json"], &store);
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["state"], "cancelled");
+    assert_eq!(node(&shown, "slow")["attempts"], 1, "nothing ran again");
+    assert_eq!(node(&shown, "quick")["state"], "succeeded");
+    let out = run_with_store(&["resume"], &store);
+    assert!(text(&out.stdout).contains("nothing to resume"));
+}
