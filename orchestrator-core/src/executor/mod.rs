@@ -219,6 +219,14 @@ impl ExecutorBuilder {
         self
     }
 
+    /// Registers a code-defined job's node types, so its runs can be
+    /// submitted with [`Executor::submit_job`] and resumed after a restart.
+    pub fn job(mut self, job: &dyn crate::code::Job) -> Self {
+        let (_, runners) = crate::code::compile(job);
+        self.registry.extend(&runners);
+        self
+    }
+
     /// Sets the custom retry policies specs may name.
     pub fn policies(mut self, policies: PolicyRegistry) -> Self {
         self.policies = policies;
@@ -253,7 +261,7 @@ impl ExecutorBuilder {
         };
         let shared = Arc::new(Shared {
             store: self.store,
-            registry: self.registry,
+            registry: std::sync::RwLock::new(self.registry),
             policies: self.policies,
             config: self.config,
             clock: self.clock,
@@ -289,11 +297,24 @@ impl ExecutorBuilder {
 /// State shared by the handle and the scheduler.
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) registry: Registry,
+    /// Runners by node type. Written only when a code job brings new node
+    /// types; read (briefly, never across an await) at validation and spawn.
+    pub(crate) registry: std::sync::RwLock<Registry>,
     pub(crate) policies: PolicyRegistry,
     pub(crate) config: ExecutorConfig,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) events: broadcast::Sender<Arc<Batch>>,
+}
+
+impl Shared {
+    /// The runner registry, for reading. A panic while it was held cannot
+    /// leave it half-updated (every write is one map insert), so a poisoned
+    /// lock is still consistent.
+    pub(crate) fn registry(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        self.registry
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// A job ready to be handed to the scheduler.
@@ -393,6 +414,7 @@ impl Executor {
     /// [`Executor::submit`] would report, including unknown node types.
     pub fn validate(&self, spec: &JobSpec) -> Result<Dag, ValidationErrors> {
         let shared = self.shared();
+        let registry = shared.registry();
         let dag = Dag::compile(spec, &shared.config.limits, &shared.policies);
         let mut problems = match &dag {
             Ok(_) => Vec::new(),
@@ -404,7 +426,7 @@ impl Executor {
         for (i, node) in spec.nodes().iter().enumerate() {
             if last_known == Some(node.kind.as_str()) {
                 // Known: already looked up.
-            } else if shared.registry.contains(&node.kind) {
+            } else if registry.contains(&node.kind) {
                 last_known = Some(node.kind.as_str());
             } else if !node.kind.is_empty() {
                 problems.push(Problem::new(
@@ -414,7 +436,7 @@ impl Executor {
                 ));
             }
             if let Some(c) = &node.compensate {
-                if !c.kind.is_empty() && !shared.registry.contains(&c.kind) {
+                if !c.kind.is_empty() && !registry.contains(&c.kind) {
                     problems.push(Problem::new(
                         format!("/dag_definition/nodes/{i}/compensate/type"),
                         ProblemCode::UnknownNodeType,
@@ -430,6 +452,22 @@ impl Executor {
             Ok(dag) if problems.is_empty() => Ok(dag),
             _ => Err(ValidationErrors(problems)),
         }
+    }
+
+    /// Submits a job defined in code (see [`crate::code`]): registers its
+    /// node types, then submits its spec like [`Executor::submit`].
+    pub async fn submit_job(
+        &self,
+        job: &dyn crate::code::Job,
+        owner: &str,
+    ) -> Result<JobId, ExecutorError> {
+        let (spec, runners) = crate::code::compile(job);
+        self.shared()
+            .registry
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(&runners);
+        self.submit(spec, owner).await
     }
 
     /// Validates, journals and starts a job owned by `owner`; returns its id

@@ -1057,7 +1057,7 @@ impl Scheduler {
         };
         let spec = Arc::clone(job.view.spec());
         let node_spec = &spec.nodes()[node as usize];
-        let runner = self.shared.registry.get(&node_spec.kind).cloned();
+        let runner = self.shared.registry().get(&node_spec.kind).cloned();
         let limits = AttemptLimits {
             deadline: node_spec
                 .timeout
