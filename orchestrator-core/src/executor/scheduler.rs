@@ -31,7 +31,7 @@ use super::timers::Timers;
 use super::{Activation, Batch, Command, ExecutorError, Shared};
 use crate::dag::Dag;
 use crate::failure::{Failure, FailureClass};
-use crate::journal::{Effect, Event, JobView, Progress, Record};
+use crate::journal::{Effect, Event, JobView, NodeView, Progress, Record};
 use crate::retry::{seed_for, RetryContext, RetryPolicy, RetrySpec};
 use crate::runner::{Heartbeat, RunContext};
 use crate::state::{JobEffect, JobState, NodeEffect, NodeState, TriggerDecision, Upstream};
@@ -84,7 +84,11 @@ enum Post {
         delay: Duration,
     },
     CancelAttempts,
-    Reply(oneshot::Sender<Result<(), ExecutorError>>),
+    /// Answers a caller, once what it is told is durable.
+    Reply(
+        oneshot::Sender<Result<(), ExecutorError>>,
+        Result<(), ExecutorError>,
+    ),
     Finish,
 }
 
@@ -152,6 +156,9 @@ struct ActiveJob {
     default_policy: Arc<dyn RetryPolicy>,
     node_policies: HashMap<u32, Arc<dyn RetryPolicy>>,
     upstream: Vec<Upstream>,
+    /// Nodes whose trigger decision is queued in `scratch` but not yet
+    /// applied: another upstream's cascade must not queue a second one.
+    decided: Vec<bool>,
     ready: BinaryHeap<ReadyNode>,
     pools: Vec<Pool>,
     pool_names: HashMap<String, usize>,
@@ -288,6 +295,9 @@ impl ActiveJob {
     }
 
     fn decide(&mut self, node: u32) {
+        if self.decided[node as usize] {
+            return;
+        }
         let rule = self.view.spec().nodes()[node as usize].trigger;
         let event = match rule.decide(self.upstream[node as usize]) {
             TriggerDecision::Wait => return,
@@ -295,6 +305,7 @@ impl ActiveJob {
             TriggerDecision::Skip => Event::NodeSkipped { node },
             TriggerDecision::UpstreamFailed => Event::NodeUpstreamFailed { node },
         };
+        self.decided[node as usize] = true;
         self.scratch.push(event);
     }
 
@@ -371,6 +382,7 @@ pub(crate) struct Scheduler {
     running: usize,
     dirty: Vec<usize>,
     dirty_spare: Vec<usize>,
+    idle: Vec<usize>,
     batches: Vec<Append>,
 }
 
@@ -403,6 +415,7 @@ impl Scheduler {
             running: 0,
             dirty: Vec::new(),
             dirty_spare: Vec::new(),
+            idle: Vec::new(),
             batches: Vec::new(),
         }
     }
@@ -428,6 +441,12 @@ impl Scheduler {
             }
             self.dispatch();
             self.flush().await;
+            // A replayed batch may leave newer records pending: journal them
+            // now, not at the next unrelated wake-up.
+            while !self.dirty.is_empty() {
+                self.dispatch();
+                self.flush().await;
+            }
         }
     }
 
@@ -473,18 +492,21 @@ impl Scheduler {
                 match j.view.state {
                     JobState::Cancelling => {
                         // Answer after whatever is pending is durable.
-                        j.post.push(Post::Reply(reply));
+                        j.post.push(Post::Reply(reply, Ok(())));
                     }
                     _ if j.finishing => {
-                        let _ = reply.send(Err(ExecutorError::AlreadyFinished {
-                            job,
-                            state: j.view.outcome(),
-                        }));
-                        return;
+                        // The final record may not be durable yet: a crash
+                        // now would let recovery finish the job differently,
+                        // so the answer waits for it like everything else.
+                        let state = j.view.state;
+                        j.post.push(Post::Reply(
+                            reply,
+                            Err(ExecutorError::AlreadyFinished { job, state }),
+                        ));
                     }
                     _ => {
                         j.emit(now, Event::CancelRequested { reason });
-                        j.post.push(Post::Reply(reply));
+                        j.post.push(Post::Reply(reply, Ok(())));
                         j.check_done(now);
                     }
                 }
@@ -586,6 +608,7 @@ impl Scheduler {
             default_policy,
             node_policies,
             upstream,
+            decided: vec![false; n],
             ready: BinaryHeap::new(),
             pools,
             pool_names,
@@ -645,9 +668,13 @@ impl Scheduler {
     /// are recorded as interrupted, ready nodes re-queued, retry timers
     /// re-armed, and undecided pending nodes decided.
     fn recover_nodes(&self, job: &mut ActiveJob, now: Timestamp) {
+        // The states as recovered: recording an interrupted attempt can
+        // decide later nodes (whose cascade queues ready ones itself), so the
+        // loop must not act on states it changed.
+        let recovered: Vec<NodeState> = job.view.nodes.iter().map(NodeView::state).collect();
         for i in 0..job.view.nodes.len() as u32 {
             let node = &job.view.nodes[i as usize];
-            match node.state() {
+            match recovered[i as usize] {
                 NodeState::Running => {
                     let attempt = node.machine.attempts;
                     let failure = Failure::infrastructure(
@@ -831,6 +858,7 @@ impl Scheduler {
         // Each job appends its failed batch alone (exactly as it was, so an
         // append that did land is recognised as a replay), else everything
         // pending, with the progress that describes exactly that prefix.
+        let mut idle = std::mem::take(&mut self.idle);
         for &slot in &dirty {
             let Some(job) = self.jobs[slot].as_mut() else {
                 continue;
@@ -853,14 +881,17 @@ impl Scheduler {
                     progress: job.view.progress(),
                     records: std::mem::take(&mut job.pending),
                 });
+            } else {
+                idle.push(slot);
             }
         }
-        if batches.is_empty() {
-            // Nothing to journal, but effects (e.g. a reply) may be waiting.
-            for &slot in &dirty {
-                self.perform(slot, None);
-            }
-        } else {
+        // Nothing to journal for these, but effects (e.g. the reply to a
+        // repeated cancel) may wait, whatever other jobs journal.
+        for slot in idle.drain(..) {
+            self.perform(slot, None);
+        }
+        self.idle = idle;
+        if !batches.is_empty() {
             let store = &*self.shared.store;
             let jobs = &self.jobs;
             let results = if batches.len() == 1 {
@@ -999,8 +1030,8 @@ impl Scheduler {
                         job.token.cancel();
                     }
                 }
-                Post::Reply(tx) => {
-                    let _ = tx.send(Ok(()));
+                Post::Reply(tx, answer) => {
+                    let _ = tx.send(answer);
                 }
                 Post::Finish => finished = true,
             }
@@ -1036,6 +1067,13 @@ impl Scheduler {
             if let Some(job) = self.jobs[slot].as_mut() {
                 for w in job.waiters.drain(..) {
                     let _ = w.send(job.view.clone());
+                }
+                // Nothing is journaled after the final record, so answers
+                // queued behind a replayed final batch are durable now too.
+                for p in std::mem::take(&mut job.post) {
+                    if let Post::Reply(tx, answer) = p {
+                        let _ = tx.send(answer);
+                    }
                 }
             }
             self.release(slot);
