@@ -144,6 +144,9 @@ pub struct CompensateSpec {
     /// Runner-specific parameters.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub params: Value,
+    /// Retry policy of the compensation (default: the job's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
 }
 
 /// What happens when a job fails.
@@ -498,6 +501,7 @@ impl NodeSpec {
         self.compensate = Some(CompensateSpec {
             kind: kind.into(),
             params,
+            retry: None,
         });
         self
     }

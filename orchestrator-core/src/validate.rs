@@ -352,6 +352,9 @@ pub(crate) fn check_fields<'a>(
             }
         }
         if let Some(c) = &node.compensate {
+            if let Some(retry) = &c.retry {
+                retry.check(&at("compensate/retry"), policies, out);
+            }
             if c.kind.trim().is_empty() {
                 out.push(Problem::new(
                     at("compensate/type"),
