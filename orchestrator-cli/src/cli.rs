@@ -50,6 +50,27 @@ Ctrl-C cancels the job gracefully (running attempts are signalled, the job
 ends `cancelled` in the journal); a second Ctrl-C stops at once, and
 `orchestrator resume` finishes the job later from a persistent store.";
 
+const RERUN_EXAMPLES: &str = "\
+Examples:
+  # Re-run what failed (failed, timed-out, cancelled, skipped and
+  # upstream-failed nodes), keeping what succeeded:
+  orchestrator rerun 01J9Z3K4Q8X2M5N7P0R6S1T3V4
+
+  # Also run `integration` and everything after it again:
+  orchestrator rerun 01J9Z3K4Q8X2M5N7P0R6S1T3V4 --from integration
+
+The rerun is a new job (labelled `rerun_of`); succeeded nodes are carried
+over with their outputs and never run again.";
+
+const ROLLBACK_EXAMPLES: &str = "\
+Examples:
+  # Undo a job: each succeeded node's `compensate` step runs, in reverse
+  # dependency order, independent ones in parallel:
+  orchestrator rollback 01J9Z3K4Q8X2M5N7P0R6S1T3V4 --reason \"release withdrawn\"
+
+Exit code 0 when every compensation succeeded (`rolled_back`), 1 when one
+kept failing (`rollback_incomplete`: that node is dead-lettered).";
+
 const RESUME_EXAMPLES: &str = "\
 Examples:
   # Continue every unfinished job after a crash or kill:
@@ -104,6 +125,12 @@ pub(crate) enum Command {
     /// Continue unfinished jobs of a store after a crash or kill.
     #[command(after_help = RESUME_EXAMPLES)]
     Resume(ResumeArgs),
+    /// Run a finished job again, re-executing only what did not succeed.
+    #[command(after_help = RERUN_EXAMPLES)]
+    Rerun(RerunArgs),
+    /// Undo a finished job: run its nodes' compensations in reverse order.
+    #[command(after_help = ROLLBACK_EXAMPLES)]
+    Rollback(RollbackArgs),
     /// Check a plan: every problem with its path and code, or a short
     /// description of its DAG.
     #[command(after_help = VALIDATE_EXAMPLES)]
@@ -210,6 +237,40 @@ pub(crate) struct ResumeArgs {
     /// The job to continue; every unfinished job of the store without it.
     #[arg(value_name = "JOB_ID")]
     pub(crate) job: Option<JobId>,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    #[command(flatten)]
+    pub(crate) exec: ExecArgs,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+/// `orchestrator rerun`.
+#[derive(Debug, Args)]
+pub(crate) struct RerunArgs {
+    /// The finished job to run again.
+    #[arg(value_name = "JOB_ID")]
+    pub(crate) job: JobId,
+    /// Also run this node and everything downstream of it again.
+    #[arg(long, value_name = "NODE")]
+    pub(crate) from: Option<String>,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    #[command(flatten)]
+    pub(crate) exec: ExecArgs,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+/// `orchestrator rollback`.
+#[derive(Debug, Args)]
+pub(crate) struct RollbackArgs {
+    /// The finished job to undo.
+    #[arg(value_name = "JOB_ID")]
+    pub(crate) job: JobId,
+    /// Why, kept in the journal.
+    #[arg(long)]
+    pub(crate) reason: Option<String>,
     #[command(flatten)]
     pub(crate) store: StoreArgs,
     #[command(flatten)]

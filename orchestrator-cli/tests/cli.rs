@@ -966,3 +966,83 @@ fn jobs_cancel_ends_an_interrupted_job_without_running_it() {
     let out = run_with_store(&["resume"], &store);
     assert!(text(&out.stdout).contains("nothing to resume"));
 }
+
+/// The job id a `run`/`rerun` printed first on stderr ("job ID submitted: …").
+fn submitted_id(out: &Output) -> String {
+    let stderr = text(&out.stderr);
+    stderr
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("job ")
+                .and_then(|r| r.split_whitespace().next())
+        })
+        .unwrap_or_else(|| panic!("no job id in {stderr}"))
+        .to_owned()
+}
+
+#[test]
+fn rerun_reexecutes_only_what_failed_and_rollback_undoes_in_reverse() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let plan = write(
+        dir.path(),
+        "deploy.yaml",
+        &format!(
+            r#"
+name: deploy
+retry: {{max_attempts: 1}}
+dag_definition:
+  nodes:
+    - id: build
+      type: process
+      params: {{command: "echo build >> {d}/log", shell: true}}
+      compensate: {{type: process, params: {{command: "echo undo-build >> {d}/log", shell: true}}}}
+    - id: migrate
+      type: process
+      depends_on: [build]
+      params: {{command: "echo migrate >> {d}/log; test -f {d}/fixed", shell: true}}
+      compensate: {{type: process, params: {{command: "echo undo-migrate >> {d}/log", shell: true}}}}
+"#
+        ),
+    );
+    let store = format!("sled:{d}/db");
+    let log = || std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    let out = run(&[
+        "run",
+        plan.to_str().unwrap(),
+        "--store",
+        &store,
+        "--no-progress",
+    ]);
+    assert_eq!(code(&out), 1, "{}", text(&out.stderr));
+    let first = submitted_id(&out);
+    assert_eq!(log(), "build\nmigrate\n");
+
+    std::fs::write(dir.path().join("fixed"), "").unwrap();
+    let out = run(&["rerun", &first, "--store", &store, "--no-progress"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let second = submitted_id(&out);
+    assert_ne!(first, second);
+    assert_eq!(
+        log(),
+        "build\nmigrate\nmigrate\n",
+        "build was carried over, not re-run"
+    );
+
+    let out = run(&[
+        "rollback",
+        &second,
+        "--store",
+        &store,
+        "--no-progress",
+        "--reason",
+        "withdrawn",
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("rolled_back") || text(&out.stderr).contains("rolled_back"));
+    // migrate ran after build, so it is undone first; build was carried
+    // over into this run and is undone here too.
+    assert_eq!(log(), "build\nmigrate\nmigrate\nundo-migrate\nundo-build\n");
+    let out = run(&["rollback", &second, "--store", &store]);
+    assert_eq!(code(&out), 2, "a job is rolled back once");
+}
