@@ -967,16 +967,15 @@ fn jobs_cancel_ends_an_interrupted_job_without_running_it() {
     assert!(text(&out.stdout).contains("nothing to resume"));
 }
 
-/// The job id a `run`/`rerun` printed first on stderr ("job ID submitted: …").
+/// The job id a `run`/`rerun` printed first ("job ID submitted: …").
 fn submitted_id(out: &Output) -> String {
-    let stderr = text(&out.stderr);
-    stderr
-        .lines()
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    all.lines()
         .find_map(|l| {
             l.strip_prefix("job ")
                 .and_then(|r| r.split_whitespace().next())
         })
-        .unwrap_or_else(|| panic!("no job id in {stderr}"))
+        .unwrap_or_else(|| panic!("no job id in {all}"))
         .to_owned()
 }
 
