@@ -40,7 +40,10 @@ pub(crate) fn execute(command: Command) -> Result<u8, CliError> {
     // once the command awaits its cancellation, so the job's resumption and
     // its cancellation reach the scheduler together, before it dispatches
     // any of the job's nodes.
-    let follows = matches!(command, Command::Run(_) | Command::Resume(_));
+    let follows = matches!(
+        command,
+        Command::Run(_) | Command::Resume(_) | Command::Serve(_)
+    );
     let runtime = if follows {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -64,6 +67,8 @@ pub(crate) fn execute(command: Command) -> Result<u8, CliError> {
             Command::Jobs(JobsCommand::List(args)) => list(args).await,
             Command::Jobs(JobsCommand::Show(args)) => show(args).await,
             Command::Jobs(JobsCommand::Cancel(args)) => cancel(args).await,
+            Command::Serve(args) => crate::serve::serve(args).await,
+            Command::Token(args) => crate::serve::token(&args),
         }
     });
     // Dropping the runtime drops attempts still in flight (after a second
