@@ -34,4 +34,7 @@ fn main() {
     if run("durable") {
         emit(scenarios::durable(size));
     }
+    if run("http") {
+        emit(orchestrator_benches::http::http(quick));
+    }
 }

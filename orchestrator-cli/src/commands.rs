@@ -42,7 +42,11 @@ pub(crate) fn execute(command: Command) -> Result<u8, CliError> {
     // any of the job's nodes.
     let follows = matches!(
         command,
-        Command::Run(_) | Command::Resume(_) | Command::Rerun(_) | Command::Rollback(_)
+        Command::Run(_)
+            | Command::Resume(_)
+            | Command::Rerun(_)
+            | Command::Rollback(_)
+            | Command::Serve(_)
     );
     let runtime = if follows {
         tokio::runtime::Builder::new_multi_thread()
@@ -69,6 +73,8 @@ pub(crate) fn execute(command: Command) -> Result<u8, CliError> {
             Command::Jobs(JobsCommand::List(args)) => list(args).await,
             Command::Jobs(JobsCommand::Show(args)) => show(args).await,
             Command::Jobs(JobsCommand::Cancel(args)) => cancel(args).await,
+            Command::Serve(args) => crate::serve::serve(args).await,
+            Command::Token(args) => crate::serve::token(&args),
         }
     });
     // Dropping the runtime drops attempts still in flight (after a second

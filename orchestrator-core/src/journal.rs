@@ -712,6 +712,7 @@ impl JobView {
 /// journals. Stores update [`JobSummary::progress`] atomically with every
 /// append, so it always agrees with the journal.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobSummary {
     /// The job's id.
     pub id: JobId,
@@ -734,6 +735,7 @@ pub struct JobSummary {
 
 /// The part of a [`JobSummary`] that changes with each append.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Progress {
     /// The job's state.
     pub state: JobState,

@@ -19,6 +19,7 @@ use crate::spec::JobSpec;
 
 /// Machine-readable kind of a validation problem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ProblemCode {
@@ -92,6 +93,7 @@ impl fmt::Display for ProblemCode {
 
 /// One validation problem.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Problem {
     /// JSON-pointer-like path of the offending value, e.g.
     /// `/dag_definition/nodes/3/depends_on/0`.
