@@ -39,12 +39,13 @@ pub fn reset_peak() {
 
 /// The median of `runs` timings of `f` (zero runs: zero).
 pub fn median<F: FnMut() -> Duration>(runs: usize, mut f: F) -> Duration {
-    if runs == 0 {
-        return Duration::ZERO;
-    }
-    let mut times: Vec<Duration> = (0..runs).map(|_| f()).collect();
+    median_of((0..runs).map(|_| f()).collect())
+}
+
+/// The median of `times` (upper median for an even count; empty: zero).
+pub fn median_of(mut times: Vec<Duration>) -> Duration {
     times.sort_unstable();
-    times[times.len() / 2]
+    times.get(times.len() / 2).copied().unwrap_or_default()
 }
 
 /// Times one call.
@@ -84,7 +85,7 @@ impl Line {
     /// The printed form: `scenario, ours, baseline, ratio, unit, peak RSS`.
     pub fn render(&self) -> String {
         format!(
-            "{}, {:.1}, {:.1}, {:.2}, {}, {:.1} MiB  # {}",
+            "{}, {:.1}, {:.1}, {:.3}, {}, {:.1} MiB  # {}",
             self.scenario,
             self.ours,
             self.baseline,

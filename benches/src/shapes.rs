@@ -62,7 +62,7 @@ pub fn chain(n: usize) -> Shape {
     }
 }
 
-/// One root, `n - 2` middle nodes, one sink.
+/// One root, `n - 2` middle nodes, one sink (a diamond when `n` is small).
 pub fn fan(n: usize) -> Shape {
     let sink = (n - 1) as u32;
     let mut succ = vec![Vec::new(); n];
@@ -98,4 +98,28 @@ pub fn layered(layers: usize, width: usize) -> Shape {
         name: "layered",
         succ,
     }
+}
+
+/// The jobs of the `jobs` scenario: `count` jobs of 10 nodes each,
+/// alternating a 10-node chain and a diamond (one root, 8 middle nodes, one
+/// sink).
+pub fn job_mix(count: usize) -> Vec<Shape> {
+    (0..count)
+        .map(|i| if i % 2 == 0 { chain(10) } else { fan(10) })
+        .collect()
+}
+
+/// The disjoint union of `parts` as one DAG named `name` (node ids of each
+/// part shifted past the previous parts').
+pub fn union(name: &'static str, parts: &[Shape]) -> Shape {
+    let mut succ = Vec::with_capacity(parts.iter().map(Shape::len).sum());
+    for part in parts {
+        let base = succ.len() as u32;
+        succ.extend(
+            part.succ
+                .iter()
+                .map(|s| s.iter().map(|&t| t + base).collect::<Vec<u32>>()),
+        );
+    }
+    Shape { name, succ }
 }
