@@ -542,6 +542,8 @@ pub(crate) struct Scheduler {
     /// Wall-clock time read once per loop iteration: every record of an
     /// iteration carries the same timestamp anyway.
     now: Timestamp,
+    /// The engine's default retry policy, compiled once.
+    default_policy: Arc<dyn RetryPolicy>,
     timers: Timers<Timer>,
     job_heap: BinaryHeap<ReadyJob>,
     running: usize,
@@ -563,6 +565,9 @@ impl Scheduler {
         rx: mpsc::UnboundedReceiver<Command>,
         done_tx: mpsc::WeakUnboundedSender<Command>,
     ) -> Self {
+        let default_policy = RetrySpec::default()
+            .compile(&shared.config.retry, &shared.policies)
+            .unwrap_or_else(|_| Arc::new(NoRetry));
         Self {
             shared,
             rx,
@@ -575,6 +580,7 @@ impl Scheduler {
             tasks: Vec::new(),
             free_tasks: Vec::new(),
             now: Timestamp::default(),
+            default_policy,
             timers: Timers::new(),
             job_heap: BinaryHeap::new(),
             running: 0,
@@ -726,7 +732,11 @@ impl Scheduler {
                     .unwrap_or_else(|_| Arc::new(NoRetry))
             })
         };
-        let default_policy = compile(spec.retry.as_ref());
+        // Most jobs use the engine's default policy: share one compiled copy.
+        let default_policy = match spec.retry.as_ref() {
+            None => Arc::clone(&self.default_policy),
+            Some(r) => compile(Some(r)),
+        };
         let node_policies = spec
             .nodes()
             .iter()
