@@ -6,6 +6,9 @@
 //! MongoDB or replica set. Without it the tests skip, printing one line
 //! saying why, except under `CI=true`, where they fail.
 
+// Each test binary uses a part of this module.
+#![allow(dead_code)]
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
