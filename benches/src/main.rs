@@ -34,4 +34,10 @@ fn main() {
     if run("durable") {
         emit(scenarios::durable(size));
     }
+    if run("mongo") {
+        match orchestrator_benches::mongo::mongo(size) {
+            Ok(lines) => emit(lines),
+            Err(why) => println!("# mongo: skipped: {why}"),
+        }
+    }
 }
