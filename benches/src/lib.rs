@@ -6,6 +6,7 @@
 //! does, so the benchmarks never rot); timings are never asserted.
 
 pub mod baseline;
+pub mod http;
 pub mod mongo;
 pub mod report;
 pub mod scenarios;

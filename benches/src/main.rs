@@ -34,6 +34,9 @@ fn main() {
     if run("durable") {
         emit(scenarios::durable(size));
     }
+    if run("http") {
+        emit(orchestrator_benches::http::http(quick));
+    }
     if run("mongo") {
         match orchestrator_benches::mongo::mongo(size) {
             Ok(lines) => emit(lines),

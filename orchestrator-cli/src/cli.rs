@@ -17,9 +17,11 @@ Examples:
   orchestrator resume
   orchestrator graph plan.yaml --format mermaid
   orchestrator jobs list
+  orchestrator serve --dev
 
 Environment:
   DATABASE_URL            the store, as --store takes it
+  JWT_SECRET_KEY          the API's token secret (`serve`, `token`)
   MAX_CONCURRENT_NODES, DEFAULT_RETRY_ATTEMPTS, MAX_RETRY_DELAY, JOB_TIMEOUT
                           executor settings, as the flags of `run` and `resume`
   ORCHESTRATOR_LOG        engine log level on stderr: off, error, warn (default),
@@ -50,6 +52,27 @@ Ctrl-C cancels the job gracefully (running attempts are signalled, the job
 ends `cancelled` in the journal); a second Ctrl-C stops at once, and
 `orchestrator resume` finishes the job later from a persistent store.";
 
+const RERUN_EXAMPLES: &str = "\
+Examples:
+  # Re-run what failed (failed, timed-out, cancelled, skipped and
+  # upstream-failed nodes), keeping what succeeded:
+  orchestrator rerun 01J9Z3K4Q8X2M5N7P0R6S1T3V4
+
+  # Also run `integration` and everything after it again:
+  orchestrator rerun 01J9Z3K4Q8X2M5N7P0R6S1T3V4 --from integration
+
+The rerun is a new job (labelled `rerun_of`); succeeded nodes are carried
+over with their outputs and never run again.";
+
+const ROLLBACK_EXAMPLES: &str = "\
+Examples:
+  # Undo a job: each succeeded node's `compensate` step runs, in reverse
+  # dependency order, independent ones in parallel:
+  orchestrator rollback 01J9Z3K4Q8X2M5N7P0R6S1T3V4 --reason \"release withdrawn\"
+
+Exit code 0 when every compensation succeeded (`rolled_back`), 1 when one
+kept failing (`rollback_incomplete`: that node is dead-lettered).";
+
 const RESUME_EXAMPLES: &str = "\
 Examples:
   # Continue every unfinished job after a crash or kill:
@@ -79,6 +102,28 @@ Examples:
 
 The critical path (the longest chain of dependencies) is drawn in bold.";
 
+const SERVE_EXAMPLES: &str = "\
+Examples:
+  # Try it: a generated secret, an admin token printed, jobs in memory:
+  orchestrator serve --dev --store memory
+
+  # In production: a secret from the environment, jobs in sled:
+  JWT_SECRET_KEY=$(cat /run/secrets/jwt) orchestrator serve --bind 0.0.0.0:8080 --store sled:/var/lib/orchestrator
+
+  # Tokens from an identity provider (RS256), pytest allowed as a command:
+  orchestrator serve --jwt-public-key idp.pem --jwt-algorithm RS256 --jwt-issuer https://idp.example --allow-process-commands pytest
+
+The API is under /api/v1/orchestration (docs at /api/v1/orchestration/docs).
+SIGTERM or Ctrl-C stops accepting requests, ends event streams, and exits;
+every state change is already journaled, and the next start resumes the
+unfinished jobs.";
+
+const TOKEN_EXAMPLES: &str = "\
+Examples:
+  JWT_SECRET_KEY=... orchestrator token --sub alice --ttl 8h
+  orchestrator token --sub ci-bot --role admin --jwt-secret \"$SECRET\"
+  curl -H \"Authorization: Bearer $(orchestrator token --sub alice)\" localhost:8080/api/v1/orchestration/jobs";
+
 const JOBS_EXAMPLES: &str = "\
 Examples:
   orchestrator jobs list --state running --state recovering
@@ -104,6 +149,12 @@ pub(crate) enum Command {
     /// Continue unfinished jobs of a store after a crash or kill.
     #[command(after_help = RESUME_EXAMPLES)]
     Resume(ResumeArgs),
+    /// Run a finished job again, re-executing only what did not succeed.
+    #[command(after_help = RERUN_EXAMPLES)]
+    Rerun(RerunArgs),
+    /// Undo a finished job: run its nodes' compensations in reverse order.
+    #[command(after_help = ROLLBACK_EXAMPLES)]
+    Rollback(RollbackArgs),
     /// Check a plan: every problem with its path and code, or a short
     /// description of its DAG.
     #[command(after_help = VALIDATE_EXAMPLES)]
@@ -114,6 +165,121 @@ pub(crate) enum Command {
     /// List, inspect and cancel the jobs of a store.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Serve the REST API (JWT auth, live events, metrics, OpenAPI docs).
+    #[command(after_help = SERVE_EXAMPLES)]
+    Serve(ServeArgs),
+    /// Mint a JWT for the API from the configured secret.
+    #[command(after_help = TOKEN_EXAMPLES)]
+    Token(TokenArgs),
+}
+
+/// JWT settings shared by `serve` and `token`.
+#[derive(Debug, Args)]
+pub(crate) struct JwtArgs {
+    /// HS256 secret tokens are signed with (at least 32 bytes).
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "JWT_SECRET_KEY",
+        hide_env_values = true
+    )]
+    pub(crate) jwt_secret: Option<String>,
+    /// Required `iss` claim.
+    #[arg(long, value_name = "ISSUER", env = "JWT_ISSUER")]
+    pub(crate) jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    #[arg(long, value_name = "AUDIENCE", env = "JWT_AUDIENCE")]
+    pub(crate) jwt_audience: Option<String>,
+}
+
+/// Public-key algorithms `serve` can verify tokens with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum KeyAlgorithm {
+    /// RSA with SHA-256.
+    #[value(name = "RS256")]
+    Rs256,
+    /// ECDSA P-256 with SHA-256.
+    #[value(name = "ES256")]
+    Es256,
+}
+
+/// `orchestrator serve`.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "ORCHESTRATOR_BIND",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub(crate) bind: std::net::SocketAddr,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    #[command(flatten)]
+    pub(crate) exec: ExecArgs,
+    #[command(flatten)]
+    pub(crate) jwt: JwtArgs,
+    /// Verify tokens with this public key (PEM) instead of a secret.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "JWT_PUBLIC_KEY_FILE",
+        conflicts_with = "jwt_secret",
+        requires = "jwt_algorithm"
+    )]
+    pub(crate) jwt_public_key: Option<PathBuf>,
+    /// The algorithm of `--jwt-public-key`.
+    #[arg(long, value_enum, value_name = "ALG", env = "JWT_ALGORITHM")]
+    pub(crate) jwt_algorithm: Option<KeyAlgorithm>,
+    /// Development mode: without a secret, generate one and print an admin
+    /// token for it.
+    #[arg(long)]
+    pub(crate) dev: bool,
+    /// Node types jobs may use over HTTP, besides `process` (comma-separated).
+    #[arg(
+        long,
+        value_name = "TYPES",
+        value_delimiter = ',',
+        default_value = "noop,sleep"
+    )]
+    pub(crate) allow_node_types: Vec<String>,
+    /// Enable `process` nodes for exactly these commands (comma-separated).
+    #[arg(
+        long,
+        value_name = "COMMANDS",
+        env = "ALLOW_PROCESS_COMMANDS",
+        value_delimiter = ','
+    )]
+    pub(crate) allow_process_commands: Vec<String>,
+    /// Authenticated requests per minute per user; 0 disables the limit.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "RATE_LIMIT_PER_MINUTE",
+        default_value_t = 100
+    )]
+    pub(crate) rate_limit: u32,
+    /// Largest request body, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..=1 << 30))]
+    pub(crate) max_body_bytes: u64,
+}
+
+/// `orchestrator token`.
+#[derive(Debug, Args)]
+pub(crate) struct TokenArgs {
+    /// The user (`sub`): jobs submitted with the token belong to them.
+    #[arg(long, value_name = "USER")]
+    pub(crate) sub: String,
+    /// A role to grant (repeatable); `admin` sees and manages every job.
+    #[arg(long = "role", value_name = "ROLE")]
+    pub(crate) roles: Vec<String>,
+    /// How long the token is valid, e.g. `1h`, `30m`, `7d`.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub(crate) ttl: Duration,
+    #[command(flatten)]
+    pub(crate) jwt: JwtArgs,
 }
 
 /// `--store`, shared by every command that opens one.
@@ -210,6 +376,40 @@ pub(crate) struct ResumeArgs {
     /// The job to continue; every unfinished job of the store without it.
     #[arg(value_name = "JOB_ID")]
     pub(crate) job: Option<JobId>,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    #[command(flatten)]
+    pub(crate) exec: ExecArgs,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+/// `orchestrator rerun`.
+#[derive(Debug, Args)]
+pub(crate) struct RerunArgs {
+    /// The finished job to run again.
+    #[arg(value_name = "JOB_ID")]
+    pub(crate) job: JobId,
+    /// Also run this node and everything downstream of it again.
+    #[arg(long, value_name = "NODE")]
+    pub(crate) from: Option<String>,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    #[command(flatten)]
+    pub(crate) exec: ExecArgs,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+/// `orchestrator rollback`.
+#[derive(Debug, Args)]
+pub(crate) struct RollbackArgs {
+    /// The finished job to undo.
+    #[arg(value_name = "JOB_ID")]
+    pub(crate) job: JobId,
+    /// Why, kept in the journal.
+    #[arg(long)]
+    pub(crate) reason: Option<String>,
     #[command(flatten)]
     pub(crate) store: StoreArgs,
     #[command(flatten)]

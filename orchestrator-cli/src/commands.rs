@@ -12,8 +12,8 @@ use orchestrator_core::{
 };
 
 use crate::cli::{
-    CancelArgs, Command, GraphArgs, JobsCommand, ListArgs, OutputArgs, ResumeArgs, RunArgs,
-    ShowArgs, ValidateArgs,
+    CancelArgs, Command, GraphArgs, JobsCommand, ListArgs, OutputArgs, RerunArgs, ResumeArgs,
+    RollbackArgs, RunArgs, ShowArgs, ValidateArgs,
 };
 use crate::describe::Description;
 use crate::error::{self, exit_code_for, CliError, EXIT_INVALID, EXIT_OK};
@@ -40,7 +40,14 @@ pub(crate) fn execute(command: Command) -> Result<u8, CliError> {
     // once the command awaits its cancellation, so the job's resumption and
     // its cancellation reach the scheduler together, before it dispatches
     // any of the job's nodes.
-    let follows = matches!(command, Command::Run(_) | Command::Resume(_));
+    let follows = matches!(
+        command,
+        Command::Run(_)
+            | Command::Resume(_)
+            | Command::Rerun(_)
+            | Command::Rollback(_)
+            | Command::Serve(_)
+    );
     let runtime = if follows {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -59,11 +66,15 @@ pub(crate) fn execute(command: Command) -> Result<u8, CliError> {
         match command {
             Command::Run(args) => run(args).await,
             Command::Resume(args) => resume(args).await,
+            Command::Rerun(args) => rerun(args).await,
+            Command::Rollback(args) => rollback(args).await,
             Command::Validate(args) => validate(args).await,
             Command::Graph(args) => graph(args).await,
             Command::Jobs(JobsCommand::List(args)) => list(args).await,
             Command::Jobs(JobsCommand::Show(args)) => show(args).await,
             Command::Jobs(JobsCommand::Cancel(args)) => cancel(args).await,
+            Command::Serve(args) => crate::serve::serve(args).await,
+            Command::Token(args) => crate::serve::token(&args),
         }
     });
     // Dropping the runtime drops attempts still in flight (after a second
@@ -293,6 +304,86 @@ async fn resume(args: ResumeArgs) -> Result<u8, CliError> {
         views.push(follower.follow(&s.id, p.version, reporter.as_mut()).await?);
     }
     finish(&executor, &args.output, display.sink, views).await
+}
+
+/// `orchestrator rerun`: a new run of a finished job.
+async fn rerun(args: RerunArgs) -> Result<u8, CliError> {
+    let display = Display::new(&args.output);
+    let store_name = args.store.store.to_string();
+    let store = open_store(&args.store.store).await?;
+    let mut interrupts = install_interrupts()?;
+    let executor = start_executor(store.clone(), [], args.exec.config(), &store_name).await?;
+    let id = executor
+        .rerun(
+            &args.job,
+            args.from.as_deref(),
+            &std::collections::BTreeMap::new(),
+            OWNER,
+        )
+        .await
+        .map_err(|e| not_now(e, "rerun", &store_name))?;
+    let summary = store.summary(&id).await?;
+    display.sink.line(&format!(
+        "job {id} submitted: rerun of {} ({}/{} nodes carried over) to store {store_name}",
+        args.job, summary.progress.nodes_finished, summary.progress.nodes_total
+    ));
+    let mut follower = Follower {
+        executor: &executor,
+        interrupts: &mut interrupts,
+        store_name: &store_name,
+        persistent: args.store.store.is_persistent(),
+    };
+    let mut reporter = display.reporter();
+    let view = follower.follow(&id, 0, reporter.as_mut()).await?;
+    finish(&executor, &args.output, display.sink, vec![view]).await
+}
+
+/// `orchestrator rollback`: compensate a finished job's succeeded nodes.
+async fn rollback(args: RollbackArgs) -> Result<u8, CliError> {
+    let display = Display::new(&args.output);
+    let store_name = args.store.store.to_string();
+    let store = open_store(&args.store.store).await?;
+    let before = store
+        .summary(&args.job)
+        .await
+        .map_err(|e| CliError::from_store(e, &store_name))?;
+    let mut interrupts = install_interrupts()?;
+    let executor = start_executor(store.clone(), [], args.exec.config(), &store_name).await?;
+    executor
+        .rollback(&args.job, args.reason.clone())
+        .await
+        .map_err(|e| not_now(e, "roll back", &store_name))?;
+    display.sink.line(&format!(
+        "job {} rolling back: {} (was {})",
+        args.job, before.name, before.progress.state
+    ));
+    let mut follower = Follower {
+        executor: &executor,
+        interrupts: &mut interrupts,
+        store_name: &store_name,
+        persistent: args.store.store.is_persistent(),
+    };
+    let mut reporter = display.reporter();
+    let view = follower
+        .follow(&args.job, before.progress.version, reporter.as_mut())
+        .await?;
+    // For this command, a complete rollback is the success.
+    let rolled_back = view.state == JobState::RolledBack;
+    let code = finish(&executor, &args.output, display.sink, vec![view]).await?;
+    Ok(if rolled_back { EXIT_OK } else { code })
+}
+
+/// Maps the executor's "not in this state" answers to usage errors.
+fn not_now(e: ExecutorError, action: &'static str, store: &str) -> CliError {
+    match e {
+        ExecutorError::AlreadyFinished { job, state } => {
+            CliError::AlreadyFinished { job, state, action }
+        }
+        e @ (ExecutorError::Busy { .. } | ExecutorError::UnknownNode { .. }) => {
+            CliError::Usage(e.to_string())
+        }
+        other => CliError::from_executor(other, "", store),
+    }
 }
 
 /// `orchestrator validate`.

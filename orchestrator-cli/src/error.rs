@@ -19,7 +19,12 @@ pub(crate) const EXIT_INTERNAL: u8 = 3;
 pub(crate) fn exit_code_for(state: JobState) -> u8 {
     match state {
         JobState::Succeeded => EXIT_OK,
-        JobState::Failed | JobState::Cancelled | JobState::TimedOut => EXIT_JOB_FAILED,
+        // A rolled-back job is one that failed (or was undone) first.
+        JobState::Failed
+        | JobState::Cancelled
+        | JobState::TimedOut
+        | JobState::RolledBack
+        | JobState::RollbackIncomplete => EXIT_JOB_FAILED,
         // Not over: the command stopped following it before it ended.
         _ => EXIT_INTERNAL,
     }

@@ -8,6 +8,8 @@
 //! orchestrator validate plan.yaml          # problems, or the DAG's shape
 //! orchestrator graph plan.yaml --format mermaid
 //! orchestrator jobs list | show ID | cancel ID
+//! orchestrator serve --dev                 # the REST API, with a token printed
+//! orchestrator token --sub alice           # a token for the API
 //! ```
 //!
 //! Exit codes: 0 the job succeeded; 1 it failed, was cancelled or timed
@@ -27,6 +29,7 @@
 //! | `junit` | JUnit XML as cargo-nextest writes it, attempts from the journal |
 //! | `graph` | dot and Mermaid renderings, coloured by node state |
 //! | `describe` | the DAG description `validate` prints |
+//! | `serve` | `serve` (the REST API of `orchestrator-http`, graceful drain) and `token` |
 //! | `error` | `CliError` and the exit codes |
 //!
 //! # Design notes
@@ -58,6 +61,7 @@ mod graph;
 mod junit;
 mod plan;
 mod progress;
+mod serve;
 mod store;
 mod summary;
 
@@ -69,10 +73,16 @@ use tracing_subscriber::filter::LevelFilter;
 fn main() -> ExitCode {
     // Usage errors exit with 2 and `--help` with 0, from clap itself.
     let cli = cli::Cli::parse();
+    // A server logs every request (with its request id) by default.
+    let default_level = if matches!(cli.command, cli::Command::Serve(_)) {
+        LevelFilter::INFO
+    } else {
+        LevelFilter::WARN
+    };
     let level = std::env::var("ORCHESTRATOR_LOG")
         .ok()
         .and_then(|l| l.parse::<LevelFilter>().ok())
-        .unwrap_or(LevelFilter::WARN);
+        .unwrap_or(default_level);
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_max_level(level)

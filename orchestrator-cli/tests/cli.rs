@@ -690,6 +690,8 @@ fn every_command_has_help_with_examples() {
         &["jobs", "list", "--help"],
         &["jobs", "show", "--help"],
         &["jobs", "cancel", "--help"],
+        &["serve", "--help"],
+        &["token", "--help"],
     ] {
         let out = run(args);
         assert_eq!(code(&out), 0, "{args:?}");
@@ -998,4 +1000,242 @@ fn jobs_cancel_ends_an_interrupted_job_without_running_it() {
     assert_eq!(node(&shown, "quick")["state"], "succeeded");
     let out = run_with_store(&["resume"], &store);
     assert!(text(&out.stdout).contains("nothing to resume"));
+}
+
+/// One HTTP/1.1 request over a fresh connection: `(status, body)`.
+fn http(addr: &str, method: &str, path: &str, token: &str, body: Option<&str>) -> (u16, String) {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let (_, body) = response.split_once("\r\n\r\n").unwrap_or(("", ""));
+    (status, body.to_owned())
+}
+
+/// The `host:port` of a `listening on http://…` line.
+fn listening_addr(line: &str) -> String {
+    let url = line.split_whitespace().nth(2).unwrap();
+    url.trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn serve_refuses_to_start_without_a_secret_and_token_mints_one() {
+    let out = orchestrator()
+        .env_remove("JWT_SECRET_KEY")
+        .args(["serve", "--store", "memory", "--bind", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2);
+    assert!(
+        text(&out.stderr).contains("JWT_SECRET_KEY"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = orchestrator()
+        .env("JWT_SECRET_KEY", "short")
+        .args(["serve", "--store", "memory"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2);
+    assert!(text(&out.stderr).contains("at least 32 bytes"));
+
+    let out = orchestrator()
+        .env_remove("JWT_SECRET_KEY")
+        .args(["token", "--sub", "alice"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2);
+    let out = orchestrator()
+        .env("JWT_SECRET_KEY", "cli-test-secret-0123456789abcdef-0123")
+        .args(["token", "--sub", "alice", "--role", "admin", "--ttl", "5m"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let token = text(&out.stdout);
+    assert_eq!(token.trim().split('.').count(), 3, "{token}");
+}
+
+#[test]
+fn serve_drains_on_sigterm_and_the_next_start_resumes_the_job() {
+    const SECRET: &str = "cli-test-secret-0123456789abcdef-0123";
+    let dir = tempfile::tempdir().unwrap();
+    let store = sled(dir.path());
+    let token = {
+        let out = orchestrator()
+            .env("JWT_SECRET_KEY", SECRET)
+            .args(["token", "--sub", "alice"])
+            .output()
+            .unwrap();
+        text(&out.stdout).trim().to_owned()
+    };
+    let args = [
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "--store",
+        &store,
+        "--jwt-secret",
+        SECRET,
+    ];
+    let mut server = Running::start(&args, false);
+    let addr = listening_addr(&server.wait_for("listening on"));
+    let body = r#"{"name": "long", "dag_definition": {"nodes": [
+        {"id": "first", "type": "noop"},
+        {"id": "slow", "type": "sleep", "params": {"duration": "1500ms"}, "depends_on": ["first"]}
+    ]}}"#;
+    let (status, reply) = http(
+        &addr,
+        "POST",
+        "/api/v1/orchestration/job",
+        &token,
+        Some(body),
+    );
+    assert_eq!(status, 202, "{reply}");
+    let job: Value = serde_json::from_str(&reply).unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    // Wait until `slow` runs, then stop the server.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, reply) = http(
+            &addr,
+            "GET",
+            &format!("/api/v1/orchestration/job/{id}"),
+            &token,
+            None,
+        );
+        let status: Value = serde_json::from_str(&reply).unwrap();
+        if node(&status, "slow")["state"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slow never ran: {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.signal("-TERM");
+    let (exit, stdout, _) = server.finish();
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        stdout.contains("stopped; 1 unfinished job journaled"),
+        "{stdout}"
+    );
+
+    // The next start resumes it; `first` is not run again.
+    let mut server = Running::start(&args, false);
+    let addr = listening_addr(&server.wait_for("listening on"));
+    server.wait_for("resumed 1 unfinished job");
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        let (_, reply) = http(
+            &addr,
+            "GET",
+            &format!("/api/v1/orchestration/job/{id}"),
+            &token,
+            None,
+        );
+        let status: Value = serde_json::from_str(&reply).unwrap();
+        if status["state"] == "succeeded" {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "not resumed: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(node(&status, "first")["attempts"], 1);
+    assert_eq!(
+        node(&status, "slow")["attempts"],
+        2,
+        "the interrupted attempt is retried"
+    );
+    server.signal("-TERM");
+    assert!(server.finish().0.success());
+}
+
+/// The job id a `run`/`rerun` printed first ("job ID submitted: …").
+fn submitted_id(out: &Output) -> String {
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    all.lines()
+        .find_map(|l| {
+            l.strip_prefix("job ")
+                .and_then(|r| r.split_whitespace().next())
+        })
+        .unwrap_or_else(|| panic!("no job id in {all}"))
+        .to_owned()
+}
+
+#[test]
+fn rerun_reexecutes_only_what_failed_and_rollback_undoes_in_reverse() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let plan = write(
+        dir.path(),
+        "deploy.yaml",
+        &format!(
+            r#"
+name: deploy
+retry: {{max_attempts: 1}}
+dag_definition:
+  nodes:
+    - id: build
+      type: process
+      params: {{command: "echo build >> {d}/log", shell: true}}
+      compensate: {{type: process, params: {{command: "echo undo-build >> {d}/log", shell: true}}}}
+    - id: migrate
+      type: process
+      depends_on: [build]
+      params: {{command: "echo migrate >> {d}/log; test -f {d}/fixed", shell: true}}
+      compensate: {{type: process, params: {{command: "echo undo-migrate >> {d}/log", shell: true}}}}
+"#
+        ),
+    );
+    let store = format!("sled:{d}/db");
+    let log = || std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    let out = run(&[
+        "run",
+        plan.to_str().unwrap(),
+        "--store",
+        &store,
+        "--no-progress",
+    ]);
+    assert_eq!(code(&out), 1, "{}", text(&out.stderr));
+    let first = submitted_id(&out);
+    assert_eq!(log(), "build\nmigrate\n");
+
+    std::fs::write(dir.path().join("fixed"), "").unwrap();
+    let out = run(&["rerun", &first, "--store", &store, "--no-progress"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let second = submitted_id(&out);
+    assert_ne!(first, second);
+    assert_eq!(
+        log(),
+        "build\nmigrate\nmigrate\n",
+        "build was carried over, not re-run"
+    );
+
+    let out = run(&[
+        "rollback",
+        &second,
+        "--store",
+        &store,
+        "--no-progress",
+        "--reason",
+        "withdrawn",
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("rolled_back") || text(&out.stderr).contains("rolled_back"));
+    // migrate ran after build, so it is undone first; build was carried
+    // over into this run and is undone here too.
+    assert_eq!(log(), "build\nmigrate\nmigrate\nundo-migrate\nundo-build\n");
+    let out = run(&["rollback", &second, "--store", &store]);
+    assert_eq!(code(&out), 2, "a job is rolled back once");
 }

@@ -166,6 +166,34 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+#[cfg(feature = "openapi")]
+mod openapi {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    use utoipa::openapi::{RefOr, Schema};
+
+    impl utoipa::PartialSchema for super::HumanDuration {
+        fn schema() -> RefOr<Schema> {
+            OneOfBuilder::new()
+                .item(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .examples(["30s"]),
+                )
+                .item(
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(0)),
+                )
+                .description(Some(
+                    "A duration: \"250ms\", \"30s\", \"5m\", \"1h\", or integer milliseconds.",
+                ))
+                .into()
+        }
+    }
+
+    impl utoipa::ToSchema for super::HumanDuration {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

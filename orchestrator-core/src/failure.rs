@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// The class of a failure. Retry policies, dead-lettering and analytics all
 /// key on it, so runners should classify as precisely as they can.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum FailureClass {
     /// Likely to pass if tried again (a flaky network call, a busy resource).
@@ -61,6 +62,7 @@ pub const MAX_FAILURE_MESSAGE: usize = 4 * 1024;
 
 /// A classified failure of one attempt.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Failure {
     /// What kind of failure this is.
     pub class: FailureClass,

@@ -125,6 +125,53 @@ pub enum Event {
         /// Node index.
         node: u32,
     },
+    /// The job is being rolled back: its succeeded nodes' compensations run
+    /// in reverse dependency order.
+    RollbackStarted {
+        /// Why, if said (e.g. `"job failed"`, or the requester's reason).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// A compensation attempt started.
+    CompensationStarted {
+        /// Node index.
+        node: u32,
+        /// Compensation attempt number, from 1.
+        attempt: u32,
+    },
+    /// A compensation attempt failed, with the retry decision taken for it.
+    CompensationFailed {
+        /// Node index.
+        node: u32,
+        /// Compensation attempt number.
+        attempt: u32,
+        /// What went wrong.
+        failure: Failure,
+        /// Delay before the next compensation attempt in milliseconds;
+        /// absent when the node is dead-lettered instead.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_in_ms: Option<u64>,
+    },
+    /// A node's compensation succeeded.
+    NodeCompensated {
+        /// Node index.
+        node: u32,
+        /// Compensation attempt number.
+        attempt: u32,
+        /// What the compensation returned.
+        #[serde(default, skip_serializing_if = "Value::is_null")]
+        output: Value,
+    },
+    /// A rerun took over a node's success (and output) from an earlier run.
+    NodeCarriedOver {
+        /// Node index.
+        node: u32,
+        /// The run it succeeded in.
+        from: JobId,
+        /// Its output there.
+        #[serde(default, skip_serializing_if = "Value::is_null")]
+        output: Value,
+    },
     /// Something needs a person's attention.
     EscalationRequired {
         /// The node concerned, if any.
@@ -151,6 +198,8 @@ impl Event {
                 JobState::Succeeded => "execution.completed",
                 JobState::Cancelled => "execution.cancelled",
                 JobState::TimedOut => "execution.timed_out",
+                JobState::RolledBack => "execution.rolled_back",
+                JobState::RollbackIncomplete => "execution.rollback_incomplete",
                 _ => "execution.failed",
             },
             Self::NodeReady { .. } => "node.ready",
@@ -165,6 +214,15 @@ impl Event {
             Self::NodeFailed { .. } => "node.failed",
             Self::NodeRetryDue { .. } => "node.retry_due",
             Self::NodeCancelled { .. } => "node.cancelled",
+            Self::RollbackStarted { .. } => "execution.rolling_back",
+            Self::CompensationStarted { .. } => "node.compensation_started",
+            Self::CompensationFailed {
+                retry_in_ms: Some(_),
+                ..
+            } => "node.compensation_retry_scheduled",
+            Self::CompensationFailed { .. } => "node.compensation_failed",
+            Self::NodeCompensated { .. } => "node.compensated",
+            Self::NodeCarriedOver { .. } => "node.carried_over",
             Self::EscalationRequired { .. } => "escalation.required",
         }
     }
@@ -179,7 +237,11 @@ impl Event {
             | Self::NodeSucceeded { node, .. }
             | Self::NodeFailed { node, .. }
             | Self::NodeRetryDue { node }
-            | Self::NodeCancelled { node } => Some(node),
+            | Self::NodeCancelled { node }
+            | Self::CompensationStarted { node, .. }
+            | Self::CompensationFailed { node, .. }
+            | Self::NodeCompensated { node, .. }
+            | Self::NodeCarriedOver { node, .. } => Some(node),
             Self::EscalationRequired { node, .. } => node,
             _ => None,
         }
@@ -195,6 +257,25 @@ impl Event {
             Self::RecoveryFinished => Transition::Job(JobEvent::RecoveryFinished),
             Self::CancelRequested { .. } => Transition::Job(JobEvent::Cancel),
             Self::TimeoutReached => Transition::Job(JobEvent::TimeOut),
+            Self::RollbackStarted { .. } => Transition::Job(JobEvent::Rollback),
+            Self::CompensationStarted { node, attempt } => Transition::Node(
+                *node,
+                if *attempt <= 1 {
+                    NodeEvent::Compensate
+                } else {
+                    NodeEvent::CompensationRetry
+                },
+            ),
+            // A failed attempt that will be retried changes no state.
+            Self::CompensationFailed {
+                retry_in_ms: Some(_),
+                ..
+            } => return None,
+            Self::CompensationFailed { node, .. } => {
+                Transition::Node(*node, NodeEvent::CompensationFailed)
+            }
+            Self::NodeCompensated { node, .. } => Transition::Node(*node, NodeEvent::Compensated),
+            Self::NodeCarriedOver { node, .. } => Transition::Node(*node, NodeEvent::CarryOver),
             Self::Finished { state } => Transition::Job(JobEvent::Finish(*state)),
             Self::NodeReady { node } => Transition::Node(*node, NodeEvent::Ready),
             Self::NodeSkipped { node } => Transition::Node(*node, NodeEvent::Skip),
@@ -323,6 +404,16 @@ pub struct NodeView {
     /// The output of the successful attempt.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub output: Value,
+    /// Compensation attempts started.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub compensation_attempts: u32,
+    /// Whether a compensation attempt is in flight.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compensation_running: bool,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl NodeView {
@@ -452,6 +543,10 @@ impl JobView {
     /// being cancelled: failed if any node ended badly, else succeeded.
     pub fn outcome(&self) -> JobState {
         match self.state {
+            JobState::RollingBack if self.count(NodeState::DeadLettered) > 0 => {
+                JobState::RollbackIncomplete
+            }
+            JobState::RollingBack => JobState::RolledBack,
             JobState::Cancelling if self.timeout_reached => JobState::TimedOut,
             JobState::Cancelling => JobState::Cancelled,
             _ if self.failed_nodes() > 0 => JobState::Failed,
@@ -471,7 +566,29 @@ impl JobView {
             });
         }
         let effect = match record.event.transition() {
-            None => Effect::None,
+            None => {
+                // A compensation attempt that will be retried changes no
+                // state, but the node's bookkeeping follows it.
+                if let Event::CompensationFailed {
+                    node: i,
+                    failure,
+                    retry_in_ms: Some(ms),
+                    ..
+                } = &record.event
+                {
+                    let Some(node) = self.nodes.get_mut(*i as usize) else {
+                        return Err(ReplayError::UnknownNode {
+                            job: job(),
+                            seq: record.seq,
+                            node: *i,
+                        });
+                    };
+                    node.compensation_running = false;
+                    node.last_error = Some(failure.clone());
+                    node.retry_at = Some(Timestamp(record.at.0.saturating_add(*ms)));
+                }
+                Effect::None
+            }
             Some(Transition::Job(ev)) => {
                 let (next, effect) =
                     self.state
@@ -538,6 +655,20 @@ impl JobView {
                     | Event::NodeCancelled { .. } => {
                         node.finished_at = Some(record.at);
                     }
+                    Event::NodeCarriedOver { output, .. } => {
+                        node.finished_at = Some(record.at);
+                        node.output = output.clone();
+                    }
+                    Event::CompensationStarted { attempt, .. } => {
+                        node.compensation_attempts = *attempt;
+                        node.compensation_running = true;
+                        node.retry_at = None;
+                    }
+                    Event::CompensationFailed { failure, .. } => {
+                        node.compensation_running = false;
+                        node.last_error = Some(failure.clone());
+                    }
+                    Event::NodeCompensated { .. } => node.compensation_running = false,
                     _ => {}
                 }
                 self.counts[state_index(before)] -= 1;
@@ -581,6 +712,7 @@ impl JobView {
 /// journals. Stores update [`JobSummary::progress`] atomically with every
 /// append, so it always agrees with the journal.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobSummary {
     /// The job's id.
     pub id: JobId,
@@ -603,6 +735,7 @@ pub struct JobSummary {
 
 /// The part of a [`JobSummary`] that changes with each append.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Progress {
     /// The job's state.
     pub state: JobState,

@@ -46,6 +46,7 @@
 //! | [`failure`] | [`Failure`] and [`FailureClass`] |
 //! | [`journal`] | journal [`Record`]s and [`JobView`], the fold that *is* a job's state |
 //! | [`store`] | the [`Store`] trait and its contract, [`StoreError`], queries, [`MemoryStore`] |
+//! | [`code`] | the [`Node`](code::Node) and [`Job`](code::Job) traits: work defined in Rust, no registry or JSON |
 //! | [`runner`] | the [`Runner`] trait, [`RunContext`], [`Registry`], built-in runners |
 //! | [`executor`] | the [`Executor`]: scheduling, limits, retries, timeouts, cancellation, recovery, events |
 //! | [`duration`], [`time`] | human durations (`"30s"`), injectable clocks, job ids |
@@ -60,6 +61,7 @@
 //! 4. This crate does no storage or network I/O of its own; time and
 //!    randomness are injectable, so tests are deterministic.
 
+pub mod code;
 pub mod dag;
 pub mod duration;
 pub mod executor;

@@ -36,6 +36,7 @@ use crate::retry::RetrySpec;
 
 /// A job: a named DAG of nodes plus the policies that govern its run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// Human-readable name (not unique).
@@ -60,6 +61,7 @@ pub struct JobSpec {
     pub max_concurrency: Option<u32>,
     /// The default retry policy of the job's nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub retry: Option<RetrySpec>,
     /// Named resource limits: a node naming `pool: browser` runs only while
     /// fewer than `pools["browser"]` of the job's nodes in that pool run.
@@ -72,6 +74,7 @@ pub struct JobSpec {
 
 /// The graph part of a [`JobSpec`].
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DagDefinition {
     /// The nodes, in the order given; the order fixes each node's index.
@@ -84,6 +87,7 @@ pub struct DagDefinition {
 
 /// A dependency edge: `to` runs after `from`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Edge {
     /// The upstream node id.
@@ -94,6 +98,7 @@ pub struct Edge {
 
 /// One node of a job: usually one test execution.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NodeSpec {
     /// Unique within the job.
@@ -109,6 +114,7 @@ pub struct NodeSpec {
     pub depends_on: Vec<String>,
     /// Overrides the job's retry policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub retry: Option<RetrySpec>,
     /// Limit for one attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -136,6 +142,7 @@ pub struct NodeSpec {
 
 /// A compensation (undo) step.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CompensateSpec {
     /// Selects the runner.
@@ -144,10 +151,15 @@ pub struct CompensateSpec {
     /// Runner-specific parameters.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub params: Value,
+    /// Retry policy of the compensation (default: the job's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub retry: Option<RetrySpec>,
 }
 
 /// What happens when a job fails.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OnFailure {
     /// Leave succeeded nodes as they are.
@@ -167,6 +179,7 @@ impl OnFailure {
 /// vocabulary and semantics). "Failed" below includes `timed_out`,
 /// `dead_lettered`, `cancelled` and `upstream_failed` upstreams.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TriggerRule {
     /// Every upstream succeeded. A failed upstream makes the node
@@ -498,6 +511,7 @@ impl NodeSpec {
         self.compensate = Some(CompensateSpec {
             kind: kind.into(),
             params,
+            retry: None,
         });
         self
     }

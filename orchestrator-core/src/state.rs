@@ -30,6 +30,7 @@ use crate::spec::TriggerRule;
 
 /// Where a node is in its life.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum NodeState {
     /// Waiting for its upstream nodes.
@@ -155,8 +156,12 @@ pub enum NodeEvent {
     /// The job is being cancelled (a running node instead finishes its
     /// attempt with a `cancelled` failure).
     Cancel,
+    /// A rerun takes over this node's success from an earlier run.
+    CarryOver,
     /// A rollback starts this node's compensation.
     Compensate,
+    /// Another compensation attempt starts after a failed one.
+    CompensationRetry,
     /// The compensation succeeded.
     Compensated,
     /// The compensation failed for good.
@@ -175,7 +180,9 @@ impl NodeEvent {
             Self::Fail { .. } => "fail",
             Self::RetryDue => "retry_due",
             Self::Cancel => "cancel",
+            Self::CarryOver => "carry_over",
             Self::Compensate => "compensate",
+            Self::CompensationRetry => "compensation_retry",
             Self::Compensated => "compensated",
             Self::CompensationFailed => "compensation_failed",
         }
@@ -197,6 +204,8 @@ pub enum NodeEffect {
     ReleaseDownstream,
     /// Run the node's compensation.
     RunCompensation,
+    /// The node's compensation is over: upstream nodes may compensate now.
+    ReleaseUpstream,
     /// Record the node in the dead-letter queue and escalate.
     DeadLetter,
 }
@@ -238,8 +247,10 @@ impl NodeMachine {
     /// | running | fail(other, no retry) | failed | release downstream |
     /// | retry_waiting | retry_due | ready | enqueue |
     /// | pending, ready, retry_waiting | cancel | cancelled | release downstream |
+    /// | pending | carry_over | succeeded | release downstream |
     /// | succeeded | compensate | compensating | run compensation |
-    /// | compensating | compensated | compensated | none |
+    /// | compensating | compensation_retry | compensating | run compensation |
+    /// | compensating | compensated | compensated | release upstream |
     /// | compensating | compensation_failed | dead_lettered | dead letter |
     pub fn apply(self, event: NodeEvent) -> Result<(NodeMachine, NodeEffect), InvalidTransition> {
         use NodeEffect as E;
@@ -293,8 +304,10 @@ impl NodeMachine {
             (S::Pending | S::Ready | S::RetryWaiting, Ev::Cancel) => {
                 to(S::Cancelled, E::ReleaseDownstream)
             }
+            (S::Pending, Ev::CarryOver) => to(S::Succeeded, E::ReleaseDownstream),
             (S::Succeeded, Ev::Compensate) => to(S::Compensating, E::RunCompensation),
-            (S::Compensating, Ev::Compensated) => to(S::Compensated, E::None),
+            (S::Compensating, Ev::CompensationRetry) => to(S::Compensating, E::RunCompensation),
+            (S::Compensating, Ev::Compensated) => to(S::Compensated, E::ReleaseUpstream),
             (S::Compensating, Ev::CompensationFailed) => to(S::DeadLettered, E::DeadLetter),
             (from, event) => Err(InvalidTransition {
                 entity: "node",
@@ -307,6 +320,7 @@ impl NodeMachine {
 
 /// Where a job is in its life.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Accepted, not yet queued.
@@ -329,11 +343,19 @@ pub enum JobState {
     Cancelled,
     /// The job ran past its timeout.
     TimedOut,
+    /// The compensations of its succeeded nodes are running, in reverse
+    /// dependency order (after a failure with `on_failure: rollback`, or on
+    /// request).
+    RollingBack,
+    /// Every compensation succeeded.
+    RolledBack,
+    /// A compensation failed for good; its node is dead-lettered.
+    RollbackIncomplete,
 }
 
 impl JobState {
     /// Every state, in declaration order.
-    pub const ALL: [JobState; 9] = [
+    pub const ALL: [JobState; 12] = [
         Self::Pending,
         Self::Queued,
         Self::Running,
@@ -343,6 +365,9 @@ impl JobState {
         Self::Cancelling,
         Self::Cancelled,
         Self::TimedOut,
+        Self::RollingBack,
+        Self::RolledBack,
+        Self::RollbackIncomplete,
     ];
 
     /// The snake_case name.
@@ -357,14 +382,23 @@ impl JobState {
             Self::Cancelling => "cancelling",
             Self::Cancelled => "cancelled",
             Self::TimedOut => "timed_out",
+            Self::RollingBack => "rolling_back",
+            Self::RolledBack => "rolled_back",
+            Self::RollbackIncomplete => "rollback_incomplete",
         }
     }
 
-    /// Whether the job is over. Terminal states are absorbing.
+    /// Whether the job is over. Only an explicit rollback request leaves a
+    /// terminal state (into `rolling_back`).
     pub const fn is_terminal(self) -> bool {
         matches!(
             self,
-            Self::Succeeded | Self::Failed | Self::Cancelled | Self::TimedOut
+            Self::Succeeded
+                | Self::Failed
+                | Self::Cancelled
+                | Self::TimedOut
+                | Self::RolledBack
+                | Self::RollbackIncomplete
         )
     }
 
@@ -384,6 +418,10 @@ impl JobState {
     /// | queued, running, recovering | time_out | cancelling | stop running |
     /// | running | finish(succeeded or failed) | that state | finished |
     /// | cancelling | finish(cancelled or timed_out) | that state | finished |
+    /// | running, succeeded, failed, cancelled, timed_out | rollback | rolling_back | roll back |
+    /// | rolling_back | recovery_started | rolling_back | none |
+    /// | rolling_back | recovery_finished | rolling_back | roll back |
+    /// | rolling_back | finish(rolled_back or rollback_incomplete) | that state | finished |
     pub fn apply(self, event: JobEvent) -> Result<(JobState, JobEffect), InvalidTransition> {
         use JobEffect as E;
         use JobEvent as Ev;
@@ -403,6 +441,14 @@ impl JobState {
             }
             (S::Running, Ev::Finish(o @ (S::Succeeded | S::Failed))) => Ok((o, E::Finished)),
             (S::Cancelling, Ev::Finish(o @ (S::Cancelled | S::TimedOut))) => Ok((o, E::Finished)),
+            (S::Running | S::Succeeded | S::Failed | S::Cancelled | S::TimedOut, Ev::Rollback) => {
+                Ok((S::RollingBack, E::RollBack))
+            }
+            (S::RollingBack, Ev::RecoveryStarted) => Ok((S::RollingBack, E::None)),
+            (S::RollingBack, Ev::RecoveryFinished) => Ok((S::RollingBack, E::RollBack)),
+            (S::RollingBack, Ev::Finish(o @ (S::RolledBack | S::RollbackIncomplete))) => {
+                Ok((o, E::Finished))
+            }
             (from, event) => Err(InvalidTransition {
                 entity: "job",
                 from: from.as_str(),
@@ -436,6 +482,8 @@ pub enum JobEvent {
     TimeOut,
     /// Every node is finished; the payload is the final state.
     Finish(JobState),
+    /// Roll back: compensate the succeeded nodes.
+    Rollback,
 }
 
 impl JobEvent {
@@ -449,6 +497,7 @@ impl JobEvent {
             Self::Cancel => "cancel",
             Self::TimeOut => "time_out",
             Self::Finish(_) => "finish",
+            Self::Rollback => "rollback",
         }
     }
 }
@@ -462,6 +511,8 @@ pub enum JobEffect {
     Dispatch,
     /// Signal every running attempt to stop; cancel nodes not yet running.
     StopRunning,
+    /// Start (or resume) compensating succeeded nodes in reverse order.
+    RollBack,
     /// The job is over: notify subscribers, release resources.
     Finished,
 }

@@ -264,7 +264,9 @@ pub fn note(text: impl Into<String>) -> Event {
 /// The events that take a freshly submitted job with `nodes` nodes to
 /// `state` by legal transitions, nodes included (a succeeded job's nodes all
 /// succeeded, a failed job's first node failed and the rest are
-/// upstream-failed, a cancelled or timed-out job's nodes are cancelled).
+/// upstream-failed, a cancelled or timed-out job's nodes are cancelled, a
+/// rolled-back job's nodes succeeded first, and a rollback-incomplete job's
+/// first node is dead-lettered).
 pub fn events_to(state: JobState, nodes: u32) -> Vec<Event> {
     use JobState as S;
     let cancel_nodes = || (0..nodes).map(|node| Event::NodeCancelled { node });
@@ -313,6 +315,28 @@ pub fn events_to(state: JobState, nodes: u32) -> Vec<Event> {
             events.extend([Event::Started, Event::TimeoutReached]);
             events.extend(cancel_nodes());
             events.push(Event::Finished { state });
+        }
+        S::RollingBack | S::RolledBack | S::RollbackIncomplete => {
+            events.push(Event::Started);
+            events.extend(run_nodes(0..nodes));
+            events.push(Event::RollbackStarted { reason: None });
+            if state == S::RollbackIncomplete && nodes > 0 {
+                events.extend([
+                    Event::CompensationStarted {
+                        node: 0,
+                        attempt: 1,
+                    },
+                    Event::CompensationFailed {
+                        node: 0,
+                        attempt: 1,
+                        failure: Failure::permanent("cannot undo"),
+                        retry_in_ms: None,
+                    },
+                ]);
+            }
+            if state != S::RollingBack {
+                events.push(Event::Finished { state });
+            }
         }
     }
     events
@@ -1806,8 +1830,8 @@ pub async fn unfinished_jobs_are_the_non_terminal_ones(store: Arc<dyn Store>) {
     let expected = unfinished(&jobs);
     assert_eq!(
         expected.len(),
-        5,
-        "pending, queued, running, recovering, cancelling"
+        6,
+        "pending, queued, running, recovering, cancelling, rolling_back"
     );
     assert_eq!(
         stored(ok(s.unfinished_jobs().await, "unfinished_jobs")),
@@ -1838,7 +1862,7 @@ pub async fn unfinished_jobs_are_the_non_terminal_ones(store: Arc<dyn Store>) {
         )
         .await;
     let expected = unfinished(&jobs);
-    assert_eq!(expected.len(), 3);
+    assert_eq!(expected.len(), 4);
     assert_eq!(
         stored(ok(s.unfinished_jobs().await, "unfinished_jobs")),
         expected,

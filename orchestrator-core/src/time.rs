@@ -151,6 +151,39 @@ impl AsRef<str> for JobId {
     }
 }
 
+#[cfg(feature = "openapi")]
+mod openapi {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    use utoipa::openapi::{RefOr, Schema};
+
+    impl utoipa::PartialSchema for super::Timestamp {
+        fn schema() -> RefOr<Schema> {
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                .minimum(Some(0))
+                .description(Some("Milliseconds since the Unix epoch (UTC)."))
+                .into()
+        }
+    }
+
+    impl utoipa::ToSchema for super::Timestamp {}
+
+    impl utoipa::PartialSchema for super::JobId {
+        fn schema() -> RefOr<Schema> {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[A-Za-z0-9_-]{1,64}$"))
+                .description(Some(
+                    "A job id: 26 characters of Crockford base32 (ULID layout) when generated.",
+                ))
+                .into()
+        }
+    }
+
+    impl utoipa::ToSchema for super::JobId {}
+}
+
 /// A 64-bit mix (SplitMix64's finalizer). Deterministic across platforms and
 /// Rust versions, unlike `std`'s hashers, which matters because jitter seeds
 /// derived from it must reproduce when a journal is replayed years later.

@@ -19,6 +19,7 @@ use crate::spec::JobSpec;
 
 /// Machine-readable kind of a validation problem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ProblemCode {
@@ -92,6 +93,7 @@ impl fmt::Display for ProblemCode {
 
 /// One validation problem.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Problem {
     /// JSON-pointer-like path of the offending value, e.g.
     /// `/dag_definition/nodes/3/depends_on/0`.
@@ -352,6 +354,9 @@ pub(crate) fn check_fields<'a>(
             }
         }
         if let Some(c) = &node.compensate {
+            if let Some(retry) = &c.retry {
+                retry.check(&at("compensate/retry"), policies, out);
+            }
             if c.kind.trim().is_empty() {
                 out.push(Problem::new(
                     at("compensate/type"),

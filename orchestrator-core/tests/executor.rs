@@ -741,3 +741,77 @@ async fn recovery_can_be_limited_to_chosen_jobs() {
         JobState::Running
     );
 }
+
+/// A code-defined job: nodes that run themselves.
+struct Build(Probe);
+struct Ship(Probe);
+
+#[async_trait]
+impl orchestrator_core::code::Node for Build {
+    fn id(&self) -> &str {
+        "build"
+    }
+    async fn run(&self, ctx: RunContext) -> Result<Value, Failure> {
+        self.0.run(ctx).await
+    }
+}
+
+#[async_trait]
+impl orchestrator_core::code::Node for Ship {
+    fn id(&self) -> &str {
+        "ship"
+    }
+    fn spec(&self) -> NodeSpec {
+        NodeSpec::new("ship", "").depends_on(["build"])
+    }
+    async fn run(&self, ctx: RunContext) -> Result<Value, Failure> {
+        self.0.run(ctx).await
+    }
+}
+
+struct Release(Probe);
+
+impl orchestrator_core::code::Job for Release {
+    fn name(&self) -> &str {
+        "release"
+    }
+    fn nodes(&self) -> Vec<Arc<dyn orchestrator_core::code::Node>> {
+        vec![
+            Arc::new(Build(self.0.clone())),
+            Arc::new(Ship(self.0.clone())),
+        ]
+    }
+    fn configure(
+        &self,
+        spec: orchestrator_core::spec::JobSpecBuilder,
+    ) -> orchestrator_core::spec::JobSpecBuilder {
+        spec.label("kind", "code")
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn code_jobs_run_and_resume_like_any_other() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let probe = Probe::default();
+    probe.script("ship", &[(0, Outcome::Hang), (10, Outcome::Ok)]);
+    let job = Release(probe.clone());
+    let ex = Executor::builder(store.clone()).start().await.unwrap();
+    let id = ex.submit_job(&job, "dev").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let s = ex.status(&id).await.unwrap();
+    assert_eq!(state_of(&s, "build"), NodeState::Succeeded);
+    assert_eq!(s.node("ship").unwrap().kind, "code:release/ship");
+    assert_eq!(s.labels.get("kind").map(String::as_str), Some("code"));
+    drop(ex);
+
+    // After a restart, registering the job lets recovery find its nodes.
+    let ex = Executor::builder(store.clone())
+        .job(&job)
+        .start()
+        .await
+        .unwrap();
+    let s = ex.wait(&id).await.unwrap();
+    assert_eq!(s.state, JobState::Succeeded);
+    assert_eq!(probe.runs_of("build"), 1);
+    assert_eq!(probe.runs_of("ship"), 2);
+}

@@ -91,7 +91,19 @@ fn node_table() -> Vec<(NodeState, String, NodeState, NodeEffect)> {
             S::Compensating,
             "compensated".into(),
             S::Compensated,
-            E::None,
+            E::ReleaseUpstream,
+        ),
+        (
+            S::Compensating,
+            "compensation_retry".into(),
+            S::Compensating,
+            E::RunCompensation,
+        ),
+        (
+            S::Pending,
+            "carry_over".into(),
+            S::Succeeded,
+            E::ReleaseDownstream,
         ),
         (
             S::Compensating,
@@ -159,8 +171,10 @@ fn node_events(attempts: u32) -> Vec<NodeEvent> {
         NodeEvent::RetryDue,
         NodeEvent::Cancel,
         NodeEvent::Compensate,
+        NodeEvent::CompensationRetry,
         NodeEvent::Compensated,
         NodeEvent::CompensationFailed,
+        NodeEvent::CarryOver,
     ];
     if let Some(next) = attempts.checked_add(1) {
         events.push(NodeEvent::Start { attempt: next });
@@ -181,7 +195,7 @@ fn node_events(attempts: u32) -> Vec<NodeEvent> {
 #[test]
 fn every_node_state_and_event_matches_the_table() {
     let table = node_table();
-    assert_eq!(table.len(), 23, "the documented table expands to 23 rows");
+    assert_eq!(table.len(), 25, "the documented table expands to 25 rows");
     let mut used = BTreeSet::new();
     let mut accepted = 0;
     for state in NodeState::ALL {
@@ -350,6 +364,30 @@ fn job_table() -> Vec<(JobState, JobEvent, JobState, JobEffect)> {
             S::TimedOut,
             E::Finished,
         ),
+        (S::Running, Ev::Rollback, S::RollingBack, E::RollBack),
+        (S::Succeeded, Ev::Rollback, S::RollingBack, E::RollBack),
+        (S::Failed, Ev::Rollback, S::RollingBack, E::RollBack),
+        (S::Cancelled, Ev::Rollback, S::RollingBack, E::RollBack),
+        (S::TimedOut, Ev::Rollback, S::RollingBack, E::RollBack),
+        (S::RollingBack, Ev::RecoveryStarted, S::RollingBack, E::None),
+        (
+            S::RollingBack,
+            Ev::RecoveryFinished,
+            S::RollingBack,
+            E::RollBack,
+        ),
+        (
+            S::RollingBack,
+            Ev::Finish(S::RolledBack),
+            S::RolledBack,
+            E::Finished,
+        ),
+        (
+            S::RollingBack,
+            Ev::Finish(S::RollbackIncomplete),
+            S::RollbackIncomplete,
+            E::Finished,
+        ),
     ]
 }
 
@@ -361,6 +399,7 @@ fn job_events() -> Vec<JobEvent> {
         JobEvent::RecoveryFinished,
         JobEvent::Cancel,
         JobEvent::TimeOut,
+        JobEvent::Rollback,
     ];
     events.extend(JobState::ALL.map(JobEvent::Finish));
     events
@@ -370,7 +409,7 @@ fn job_events() -> Vec<JobEvent> {
 fn every_job_state_and_event_matches_the_table() {
     let table = job_table();
     let events = job_events();
-    assert_eq!(events.len(), 15);
+    assert_eq!(events.len(), 19);
     let mut used = BTreeSet::new();
     for state in JobState::ALL {
         for &event in &events {
@@ -400,10 +439,17 @@ fn every_job_state_and_event_matches_the_table() {
 }
 
 #[test]
-fn terminal_job_states_are_exactly_the_absorbing_ones() {
+fn terminal_job_states_are_left_only_by_a_rollback_request() {
     for state in JobState::ALL {
-        let leaves = job_events().into_iter().any(|e| state.apply(e).is_ok());
-        assert_eq!(state.is_terminal(), !leaves, "{state}");
+        let leaves_otherwise = job_events()
+            .into_iter()
+            .filter(|&e| e != JobEvent::Rollback)
+            .any(|e| state.apply(e).is_ok());
+        assert_eq!(state.is_terminal(), !leaves_otherwise, "{state}");
+    }
+    // A finished rollback is final; any other finished job can be rolled back.
+    for state in [JobState::RolledBack, JobState::RollbackIncomplete] {
+        assert!(state.apply(JobEvent::Rollback).is_err(), "{state}");
     }
 }
 
@@ -730,8 +776,10 @@ fn node_step() -> impl Strategy<Value = NodeStep> {
             NodeEvent::RetryDue,
             NodeEvent::Cancel,
             NodeEvent::Compensate,
+            NodeEvent::CompensationRetry,
             NodeEvent::Compensated,
             NodeEvent::CompensationFailed,
+            NodeEvent::CarryOver,
         ])
         .prop_map(NodeStep::Event),
         1 => (class, retry).prop_map(|(class, retry_in)| NodeStep::Event(NodeEvent::Fail { class, retry_in })),
@@ -823,7 +871,11 @@ proptest! {
             let before = job;
             match before.apply(event) {
                 Ok((after, effect)) => {
-                    prop_assert!(!before.is_terminal(), "{} left terminal state {}", event.name(), before);
+                    // Only an explicit rollback request reopens a finished job.
+                    prop_assert!(
+                        !before.is_terminal() || (event == JobEvent::Rollback && after == JobState::RollingBack),
+                        "{} left terminal state {}", event.name(), before
+                    );
                     prop_assert_ne!(after, JobState::Pending, "nothing leads back to pending");
                     prop_assert_eq!(effect == JobEffect::Finished, after.is_terminal());
                     prop_assert_eq!(effect == JobEffect::Dispatch, after == JobState::Running);
@@ -834,7 +886,11 @@ proptest! {
                     if let JobEvent::Finish(s) = event {
                         prop_assert_eq!(after, s);
                     }
-                    // Once cancellation starts it is never undone.
+                    // Once cancellation starts it is never undone (a rollback
+                    // of the cancelled job is a new chapter).
+                    if event == JobEvent::Rollback {
+                        cancelling = false;
+                    }
                     if cancelling {
                         prop_assert!(
                             matches!(after, JobState::Cancelling | JobState::Cancelled | JobState::TimedOut),

@@ -119,6 +119,23 @@ pub enum ExecutorError {
         /// Its final state.
         state: JobState,
     },
+    /// The job is in a state that does not allow the operation (e.g.
+    /// cancelling a rollback, or rolling back a job that is still running).
+    #[error("job {job} is {state}; the operation is not possible now")]
+    Busy {
+        /// The job.
+        job: JobId,
+        /// Its state.
+        state: JobState,
+    },
+    /// A rerun named a node the job does not have.
+    #[error("job {job} has no node {node:?}")]
+    UnknownNode {
+        /// The job.
+        job: JobId,
+        /// The node id given.
+        node: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -219,6 +236,14 @@ impl ExecutorBuilder {
         self
     }
 
+    /// Registers a code-defined job's node types, so its runs can be
+    /// submitted with [`Executor::submit_job`] and resumed after a restart.
+    pub fn job(mut self, job: &dyn crate::code::Job) -> Self {
+        let (_, runners) = crate::code::compile(job);
+        self.registry.extend(&runners);
+        self
+    }
+
     /// Sets the custom retry policies specs may name.
     pub fn policies(mut self, policies: PolicyRegistry) -> Self {
         self.policies = policies;
@@ -253,7 +278,7 @@ impl ExecutorBuilder {
         };
         let shared = Arc::new(Shared {
             store: self.store,
-            registry: self.registry,
+            registry: std::sync::RwLock::new(self.registry),
             policies: self.policies,
             config: self.config,
             clock: self.clock,
@@ -289,11 +314,24 @@ impl ExecutorBuilder {
 /// State shared by the handle and the scheduler.
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) registry: Registry,
+    /// Runners by node type. Written only when a code job brings new node
+    /// types; read (briefly, never across an await) at validation and spawn.
+    pub(crate) registry: std::sync::RwLock<Registry>,
     pub(crate) policies: PolicyRegistry,
     pub(crate) config: ExecutorConfig,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) events: broadcast::Sender<Arc<Batch>>,
+}
+
+impl Shared {
+    /// The runner registry, for reading. A panic while it was held cannot
+    /// leave it half-updated (every write is one map insert), so a poisoned
+    /// lock is still consistent.
+    pub(crate) fn registry(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        self.registry
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// A job ready to be handed to the scheduler.
@@ -393,6 +431,7 @@ impl Executor {
     /// [`Executor::submit`] would report, including unknown node types.
     pub fn validate(&self, spec: &JobSpec) -> Result<Dag, ValidationErrors> {
         let shared = self.shared();
+        let registry = shared.registry();
         let dag = Dag::compile(spec, &shared.config.limits, &shared.policies);
         let mut problems = match &dag {
             Ok(_) => Vec::new(),
@@ -404,7 +443,7 @@ impl Executor {
         for (i, node) in spec.nodes().iter().enumerate() {
             if last_known == Some(node.kind.as_str()) {
                 // Known: already looked up.
-            } else if shared.registry.contains(&node.kind) {
+            } else if registry.contains(&node.kind) {
                 last_known = Some(node.kind.as_str());
             } else if !node.kind.is_empty() {
                 problems.push(Problem::new(
@@ -414,7 +453,7 @@ impl Executor {
                 ));
             }
             if let Some(c) = &node.compensate {
-                if !c.kind.is_empty() && !shared.registry.contains(&c.kind) {
+                if !c.kind.is_empty() && !registry.contains(&c.kind) {
                     problems.push(Problem::new(
                         format!("/dag_definition/nodes/{i}/compensate/type"),
                         ProblemCode::UnknownNodeType,
@@ -430,6 +469,22 @@ impl Executor {
             Ok(dag) if problems.is_empty() => Ok(dag),
             _ => Err(ValidationErrors(problems)),
         }
+    }
+
+    /// Submits a job defined in code (see [`crate::code`]): registers its
+    /// node types, then submits its spec like [`Executor::submit`].
+    pub async fn submit_job(
+        &self,
+        job: &dyn crate::code::Job,
+        owner: &str,
+    ) -> Result<JobId, ExecutorError> {
+        let (spec, runners) = crate::code::compile(job);
+        self.shared()
+            .registry
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(&runners);
+        self.submit(spec, owner).await
     }
 
     /// Validates, journals and starts a job owned by `owner`; returns its id
@@ -449,6 +504,18 @@ impl Executor {
         spec: JobSpec,
         owner: &str,
     ) -> Result<JobId, ExecutorError> {
+        self.submit_prepared(id, spec, owner, Vec::new()).await
+    }
+
+    /// Submits with extra records journaled right after `Queued` (a rerun's
+    /// carried-over nodes), in the same atomic create.
+    async fn submit_prepared(
+        &self,
+        id: JobId,
+        spec: JobSpec,
+        owner: &str,
+        extra: Vec<Event>,
+    ) -> Result<JobId, ExecutorError> {
         let dag = self.validate(&spec)?;
         let shared = self.shared();
         let now = shared.clock.now();
@@ -458,7 +525,7 @@ impl Executor {
             created_at: now,
             spec: Arc::new(spec),
         });
-        let records = vec![
+        let mut records = vec![
             Record {
                 seq: 1,
                 at: now,
@@ -472,6 +539,13 @@ impl Executor {
                 event: Event::Queued,
             },
         ];
+        for event in extra {
+            records.push(Record {
+                seq: records.len() as u64 + 1,
+                at: now,
+                event,
+            });
+        }
         let mut view = JobView::new(header);
         for r in &records[1..] {
             view.apply(r)
@@ -576,6 +650,126 @@ impl Executor {
                 }
             }
         }
+    }
+
+    /// Rolls back a finished job: the compensations of its succeeded nodes
+    /// run in reverse dependency order, with their own retry policies; the
+    /// job ends `rolled_back`, or `rollback_incomplete` (with an
+    /// `escalation.required` event) when a compensation failed for good. A
+    /// job still running is [`ExecutorError::Busy`]; one already rolled back
+    /// is [`ExecutorError::AlreadyFinished`].
+    pub async fn rollback(&self, id: &JobId, reason: Option<String>) -> Result<(), ExecutorError> {
+        let shared = self.shared();
+        let mut view = shared.store.load_view(id).await?;
+        match view.state {
+            JobState::RolledBack | JobState::RollbackIncomplete => {
+                return Err(ExecutorError::AlreadyFinished {
+                    job: id.clone(),
+                    state: view.state,
+                })
+            }
+            s if !s.is_terminal() => {
+                return Err(ExecutorError::Busy {
+                    job: id.clone(),
+                    state: s,
+                })
+            }
+            _ => {}
+        }
+        let expected = view.version;
+        let record = Record {
+            seq: expected + 1,
+            at: shared.clock.now(),
+            event: Event::RollbackStarted { reason },
+        };
+        view.apply(&record)
+            .map_err(|e| ExecutorError::Store(StoreError::Invalid(e.to_string())))?;
+        shared
+            .store
+            .append(
+                id,
+                expected,
+                std::slice::from_ref(&record),
+                &view.progress(),
+            )
+            .await?;
+        let _ = shared.events.send(Arc::new(Batch {
+            job: id.clone(),
+            records: vec![record],
+        }));
+        let dag = Dag::compile(view.spec(), &shared.config.limits, &shared.policies)?;
+        self.command(Command::Activate(Box::new(Activation {
+            view,
+            dag: Arc::new(dag),
+            recovering: false,
+        })))
+    }
+
+    /// Starts a new run of a finished job that re-executes only what did not
+    /// succeed — failed, timed-out, cancelled, skipped and upstream-failed
+    /// nodes — and keeps the outputs of succeeded ones (journaled as
+    /// `node.carried_over`). With `from`, that node and everything downstream
+    /// of it run again too; a node given new `params` (by node id) runs
+    /// again. The new run carries the label `rerun_of` and is owned by
+    /// `owner`.
+    pub async fn rerun(
+        &self,
+        id: &JobId,
+        from: Option<&str>,
+        params: &std::collections::BTreeMap<String, serde_json::Value>,
+        owner: &str,
+    ) -> Result<JobId, ExecutorError> {
+        let shared = self.shared();
+        let old = shared.store.load_view(id).await?;
+        if !old.state.is_terminal() {
+            return Err(ExecutorError::Busy {
+                job: id.clone(),
+                state: old.state,
+            });
+        }
+        let spec_old = old.spec();
+        let index = |node: &str| spec_old.nodes().iter().position(|n| n.id == node);
+        let unknown = |node: &str| ExecutorError::UnknownNode {
+            job: id.clone(),
+            node: node.to_owned(),
+        };
+        let dag = Dag::compile(spec_old, &shared.config.limits, &shared.policies)?;
+        let mut again: Vec<bool> = old
+            .nodes
+            .iter()
+            .map(|n| n.state() != crate::state::NodeState::Succeeded)
+            .collect();
+        if let Some(from) = from {
+            let start = index(from).ok_or_else(|| unknown(from))? as u32;
+            let mut seen = vec![false; again.len()];
+            let mut stack = vec![start];
+            while let Some(v) = stack.pop() {
+                if !std::mem::replace(&mut seen[v as usize], true) {
+                    again[v as usize] = true;
+                    stack.extend_from_slice(dag.successors(v));
+                }
+            }
+        }
+        let mut spec = (**spec_old).clone();
+        for (node, value) in params {
+            let i = index(node).ok_or_else(|| unknown(node))?;
+            spec.dag_definition.nodes[i].params = value.clone();
+            // New params mean the node's old result no longer stands.
+            again[i] = true;
+        }
+        spec.labels.insert("rerun_of".into(), id.to_string());
+        let new_id = JobId::generate(shared.clock.now(), &mut rand::rng());
+        let carried = again
+            .iter()
+            .enumerate()
+            .filter(|(_, again)| !**again)
+            .map(|(i, _)| Event::NodeCarriedOver {
+                node: i as u32,
+                from: id.clone(),
+                output: old.nodes[i].output.clone(),
+            })
+            .collect();
+        self.submit_prepared(new_id, spec, owner, carried).await
     }
 
     /// Jobs, filtered and paginated, from the store.

@@ -31,7 +31,7 @@ use super::timers::Timers;
 use super::{Activation, Batch, Command, ExecutorError, Shared};
 use crate::dag::Dag;
 use crate::failure::{Failure, FailureClass};
-use crate::journal::{Effect, Event, JobView, Progress, Record};
+use crate::journal::{Effect, Event, JobView, NodeView, Progress, Record};
 use crate::retry::{seed_for, RetryContext, RetryPolicy, RetrySpec};
 use crate::runner::{Heartbeat, RunContext};
 use crate::state::{JobEffect, JobState, NodeEffect, NodeState, TriggerDecision, Upstream};
@@ -50,6 +50,8 @@ pub(crate) struct Finished {
     gen: u64,
     node: u32,
     attempt: u32,
+    /// Whether this attempt ran the node's compensation.
+    compensation: bool,
     result: Result<Value, Failure>,
 }
 
@@ -70,6 +72,12 @@ enum Timer {
         slot: usize,
         gen: u64,
     },
+    CompensationRetry {
+        slot: usize,
+        gen: u64,
+        node: u32,
+        attempt: u32,
+    },
 }
 
 /// Effects performed only once the records that caused them are durable.
@@ -77,14 +85,24 @@ enum Post {
     Spawn {
         node: u32,
         attempt: u32,
+        compensation: bool,
     },
     Retry {
         node: u32,
         attempt: u32,
         delay: Duration,
     },
+    CompensationRetry {
+        node: u32,
+        attempt: u32,
+        delay: Duration,
+    },
     CancelAttempts,
-    Reply(oneshot::Sender<Result<(), ExecutorError>>),
+    /// Answers a caller, once what it is told is durable.
+    Reply(
+        oneshot::Sender<Result<(), ExecutorError>>,
+        Result<(), ExecutorError>,
+    ),
     Finish,
 }
 
@@ -127,6 +145,8 @@ struct ReadyNode {
     priority: i32,
     critical: u32,
     node: Reverse<u32>,
+    /// Whether the node is ready to run its compensation (during a rollback).
+    compensation: bool,
 }
 
 /// A job with dispatchable nodes: job priority first, then round-robin.
@@ -152,6 +172,9 @@ struct ActiveJob {
     default_policy: Arc<dyn RetryPolicy>,
     node_policies: HashMap<u32, Arc<dyn RetryPolicy>>,
     upstream: Vec<Upstream>,
+    /// Nodes whose trigger decision is queued in `scratch` but not yet
+    /// applied: another upstream's cascade must not queue a second one.
+    decided: Vec<bool>,
     ready: BinaryHeap<ReadyNode>,
     pools: Vec<Pool>,
     pool_names: HashMap<String, usize>,
@@ -172,6 +195,14 @@ struct ActiveJob {
     last_snapshot: u64,
     waiters: Vec<oneshot::Sender<JobView>>,
     scratch: Vec<Event>,
+    /// During a rollback: per node, how many of its successors still have
+    /// to finish compensating (a node compensates after everything that ran
+    /// after it); whether the node is already dealt with; and how many
+    /// succeeded nodes are not yet dealt with.
+    comp_pending: Vec<u32>,
+    comp_done: Vec<bool>,
+    comp_outstanding: u32,
+    comp_policies: HashMap<u32, Arc<dyn RetryPolicy>>,
 }
 
 impl ActiveJob {
@@ -186,7 +217,9 @@ impl ActiveJob {
     }
 
     fn dispatchable(&self) -> bool {
-        self.view.state == JobState::Running && !self.stalled && !self.finishing
+        matches!(self.view.state, JobState::Running | JobState::RollingBack)
+            && !self.stalled
+            && !self.finishing
     }
 
     fn wants_slot(&self) -> bool {
@@ -199,6 +232,7 @@ impl ActiveJob {
             priority: spec.priority,
             critical: self.dag.critical_path_len(node),
             node: Reverse(node),
+            compensation: false,
         }
     }
 
@@ -230,20 +264,39 @@ impl ActiveJob {
 
     fn react(&mut self, effect: Effect) {
         match effect {
-            Effect::None
-            | Effect::Job(JobEffect::None)
-            | Effect::Node(
-                _,
-                NodeEffect::None | NodeEffect::RunCompensation | NodeEffect::DeadLetter,
-            ) => {}
+            Effect::None | Effect::Job(JobEffect::None) | Effect::Node(_, NodeEffect::None) => {}
             Effect::Node(node, NodeEffect::Enqueue) => {
                 let r = self.ready_node(node);
                 self.ready.push(r);
             }
             Effect::Node(node, NodeEffect::RunAttempt) => {
                 let attempt = self.view.nodes[node as usize].machine.attempts;
-                self.post.push(Post::Spawn { node, attempt });
+                self.post.push(Post::Spawn {
+                    node,
+                    attempt,
+                    compensation: false,
+                });
             }
+            Effect::Node(node, NodeEffect::RunCompensation) => {
+                let attempt = self.view.nodes[node as usize].compensation_attempts;
+                self.post.push(Post::Spawn {
+                    node,
+                    attempt,
+                    compensation: true,
+                });
+            }
+            Effect::Node(node, NodeEffect::ReleaseUpstream) => self.compensated(node),
+            Effect::Node(node, NodeEffect::DeadLetter) => {
+                let id = &self.view.spec().nodes()[node as usize].id;
+                self.scratch.push(Event::EscalationRequired {
+                    node: Some(node),
+                    reason: format!(
+                        "the compensation of node {id:?} kept failing; it is dead-lettered and the rollback is incomplete"
+                    ),
+                });
+                self.compensated(node);
+            }
+            Effect::Job(JobEffect::RollBack) => self.start_rollback(),
             Effect::Node(node, NodeEffect::ScheduleRetry(delay)) => {
                 let attempt = self.view.nodes[node as usize].machine.attempts;
                 self.post.push(Post::Retry {
@@ -288,6 +341,9 @@ impl ActiveJob {
     }
 
     fn decide(&mut self, node: u32) {
+        if self.decided[node as usize] {
+            return;
+        }
         let rule = self.view.spec().nodes()[node as usize].trigger;
         let event = match rule.decide(self.upstream[node as usize]) {
             TriggerDecision::Wait => return,
@@ -295,6 +351,7 @@ impl ActiveJob {
             TriggerDecision::Skip => Event::NodeSkipped { node },
             TriggerDecision::UpstreamFailed => Event::NodeUpstreamFailed { node },
         };
+        self.decided[node as usize] = true;
         self.scratch.push(event);
     }
 
@@ -311,14 +368,133 @@ impl ActiveJob {
     /// Emits the job's final record once every node is finished and no
     /// attempt is in flight.
     fn check_done(&mut self, now: Timestamp) {
-        let over = matches!(self.view.state, JobState::Running | JobState::Cancelling)
-            && self.running == 0
-            && self.view.finished_nodes() as usize == self.view.nodes.len();
-        if over && !self.finishing {
-            self.finishing = true;
-            let state = self.view.outcome();
-            self.emit(now, Event::Finished { state });
+        if self.finishing || self.running > 0 {
+            return;
         }
+        let state = match self.view.state {
+            JobState::RollingBack if self.comp_outstanding == 0 => self.view.outcome(),
+            JobState::Running | JobState::Cancelling
+                if self.view.finished_nodes() as usize == self.view.nodes.len() =>
+            {
+                let outcome = self.view.outcome();
+                if outcome == JobState::Failed
+                    && self.view.spec().on_failure == crate::spec::OnFailure::Rollback
+                {
+                    // Undo what succeeded rather than leave a partial run.
+                    self.emit(
+                        now,
+                        Event::RollbackStarted {
+                            reason: Some("the job failed".into()),
+                        },
+                    );
+                    return self.check_done(now);
+                }
+                outcome
+            }
+            _ => return,
+        };
+        self.finishing = true;
+        self.emit(now, Event::Finished { state });
+        if state == JobState::RollbackIncomplete {
+            self.emit(
+                now,
+                Event::EscalationRequired {
+                    node: None,
+                    reason: "the rollback is incomplete: a compensation was dead-lettered".into(),
+                },
+            );
+        }
+    }
+
+    /// Starts (or, after a restart, resumes) a rollback: every succeeded
+    /// node is compensated once every node that ran after it is, so
+    /// compensations run in reverse dependency order, independent ones in
+    /// parallel under the usual limits. Succeeded nodes without a
+    /// compensation are dealt with at once.
+    fn start_rollback(&mut self) {
+        let n = self.view.nodes.len();
+        let undone = |s: NodeState| matches!(s, NodeState::Succeeded | NodeState::Compensating);
+        self.comp_pending = vec![0; n];
+        self.comp_done = vec![false; n];
+        self.comp_outstanding = 0;
+        self.ready.clear();
+        for i in 0..n as u32 {
+            let state = self.view.nodes[i as usize].state();
+            if undone(state) {
+                self.comp_outstanding += 1;
+            }
+            // Compensations already under way continue by their own records
+            // and timers.
+            self.comp_done[i as usize] = state != NodeState::Succeeded;
+            self.comp_pending[i as usize] = self
+                .dag
+                .successors(i)
+                .iter()
+                .filter(|&&s| undone(self.view.nodes[s as usize].state()))
+                .count() as u32;
+        }
+        let mut work: Vec<u32> = (0..n as u32)
+            .filter(|&i| !self.comp_done[i as usize] && self.comp_pending[i as usize] == 0)
+            .collect();
+        self.begin_compensations(&mut work);
+    }
+
+    /// Begins the compensation of each node in `work` (all with nothing left
+    /// to wait for), following through nodes that have none.
+    fn begin_compensations(&mut self, work: &mut Vec<u32>) {
+        while let Some(i) = work.pop() {
+            if std::mem::replace(&mut self.comp_done[i as usize], true) {
+                continue;
+            }
+            if self.view.spec().nodes()[i as usize].compensate.is_some() {
+                let mut r = self.ready_node(i);
+                r.compensation = true;
+                self.ready.push(r);
+            } else {
+                self.comp_outstanding -= 1;
+                self.release_predecessors(i, work);
+            }
+        }
+    }
+
+    /// `node` is done compensating (compensated or dead-lettered).
+    fn compensated(&mut self, node: u32) {
+        if self.view.state != JobState::RollingBack || self.comp_pending.is_empty() {
+            return;
+        }
+        self.comp_outstanding -= 1;
+        let mut work = Vec::new();
+        self.release_predecessors(node, &mut work);
+        self.begin_compensations(&mut work);
+    }
+
+    fn release_predecessors(&mut self, node: u32, work: &mut Vec<u32>) {
+        let dag = Arc::clone(&self.dag);
+        for &p in dag.predecessors(node) {
+            let pending = &mut self.comp_pending[p as usize];
+            *pending = pending.saturating_sub(1);
+            if *pending == 0 && !self.comp_done[p as usize] {
+                work.push(p);
+            }
+        }
+    }
+
+    /// The retry decision for a failed compensation attempt: the node's
+    /// `compensate.retry`, else the job's default policy.
+    fn compensation_retry(&self, node: u32, attempt: u32, class: FailureClass) -> Option<Duration> {
+        if class == FailureClass::Cancelled {
+            return None;
+        }
+        let ctx = RetryContext {
+            attempt,
+            class,
+            seed: seed_for(self.id(), node) ^ 0x636f_6d70,
+            elapsed: Duration::ZERO,
+        };
+        self.comp_policies
+            .get(&node)
+            .unwrap_or(&self.default_policy)
+            .next_delay(&ctx)
     }
 
     fn retry_delay(
@@ -371,6 +547,7 @@ pub(crate) struct Scheduler {
     running: usize,
     dirty: Vec<usize>,
     dirty_spare: Vec<usize>,
+    idle: Vec<usize>,
     batches: Vec<Append>,
 }
 
@@ -403,6 +580,7 @@ impl Scheduler {
             running: 0,
             dirty: Vec::new(),
             dirty_spare: Vec::new(),
+            idle: Vec::new(),
             batches: Vec::new(),
         }
     }
@@ -428,6 +606,12 @@ impl Scheduler {
             }
             self.dispatch();
             self.flush().await;
+            // A replayed batch may leave newer records pending: journal them
+            // now, not at the next unrelated wake-up.
+            while !self.dirty.is_empty() {
+                self.dispatch();
+                self.flush().await;
+            }
         }
     }
 
@@ -471,20 +655,32 @@ impl Scheduler {
                     return;
                 };
                 match j.view.state {
-                    JobState::Cancelling => {
-                        // Answer after whatever is pending is durable.
-                        j.post.push(Post::Reply(reply));
-                    }
-                    _ if j.finishing => {
-                        let _ = reply.send(Err(ExecutorError::AlreadyFinished {
+                    JobState::RollingBack => {
+                        // Stopping a rollback halfway would leave the system
+                        // neither done nor undone.
+                        let _ = reply.send(Err(ExecutorError::Busy {
                             job,
-                            state: j.view.outcome(),
+                            state: JobState::RollingBack,
                         }));
                         return;
                     }
+                    JobState::Cancelling => {
+                        // Answer after whatever is pending is durable.
+                        j.post.push(Post::Reply(reply, Ok(())));
+                    }
+                    _ if j.finishing => {
+                        // The final record may not be durable yet: a crash
+                        // now would let recovery finish the job differently,
+                        // so the answer waits for it like everything else.
+                        let state = j.view.state;
+                        j.post.push(Post::Reply(
+                            reply,
+                            Err(ExecutorError::AlreadyFinished { job, state }),
+                        ));
+                    }
                     _ => {
                         j.emit(now, Event::CancelRequested { reason });
-                        j.post.push(Post::Reply(reply));
+                        j.post.push(Post::Reply(reply, Ok(())));
                         j.check_done(now);
                     }
                 }
@@ -513,7 +709,9 @@ impl Scheduler {
             dag,
             recovering,
         } = a;
-        if self.by_id.contains_key(view.id()) {
+        // Terminal jobs are never activated (a rollback request journals
+        // `rolling_back` first).
+        if self.by_id.contains_key(view.id()) || view.state.is_terminal() {
             return;
         }
         let shared = Arc::clone(&self.shared);
@@ -534,6 +732,15 @@ impl Scheduler {
             .iter()
             .enumerate()
             .filter_map(|(i, n)| n.retry.as_ref().map(|r| (i as u32, compile(Some(r)))))
+            .collect();
+        let comp_policies = spec
+            .nodes()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                let retry = n.compensate.as_ref()?.retry.as_ref()?;
+                Some((i as u32, compile(Some(retry))))
+            })
             .collect();
         let pool_names: HashMap<String, usize> = spec
             .pools
@@ -559,13 +766,13 @@ impl Scheduler {
                 ..Upstream::default()
             })
             .collect();
-        if recovering {
-            for i in 0..n as u32 {
-                let state = view.nodes[i as usize].state();
-                if state.is_finished() {
-                    for &s in dag.successors(i) {
-                        upstream[s as usize].record(state);
-                    }
+        // (Nodes may be finished in a job never run here before: carried
+        // over from an earlier run, or finished before a restart.)
+        for i in 0..n as u32 {
+            let state = view.nodes[i as usize].state();
+            if state.is_finished() {
+                for &s in dag.successors(i) {
+                    upstream[s as usize].record(state);
                 }
             }
         }
@@ -586,6 +793,7 @@ impl Scheduler {
             default_policy,
             node_policies,
             upstream,
+            decided: vec![false; n],
             ready: BinaryHeap::new(),
             pools,
             pool_names,
@@ -603,6 +811,10 @@ impl Scheduler {
             last_snapshot: durable,
             waiters: Vec::new(),
             scratch: Vec::new(),
+            comp_pending: Vec::new(),
+            comp_done: Vec::new(),
+            comp_outstanding: 0,
+            comp_policies,
             view,
         };
         let now = self.now;
@@ -613,6 +825,18 @@ impl Scheduler {
                 job.emit(now, Event::Started);
             }
             JobState::Queued => job.emit(now, Event::Started),
+            // A rollback requested for a finished job.
+            JobState::RollingBack if !recovering => {
+                timeout_in = None;
+                job.start_rollback();
+            }
+            JobState::RollingBack => {
+                timeout_in = None;
+                job.emit(now, Event::RecoveryStarted);
+                self.recover_nodes(&mut job, now);
+                // Its effect restarts the rollback from the recovered states.
+                job.emit(now, Event::RecoveryFinished);
+            }
             JobState::Running | JobState::Recovering | JobState::Cancelling => {
                 if let Some(started) = job.view.started_at {
                     let spent = Duration::from_millis(now.saturating_since(started));
@@ -628,7 +852,6 @@ impl Scheduler {
                     job.post.push(Post::CancelAttempts);
                 }
             }
-            // Terminal jobs are never activated.
             _ => return,
         }
         job.check_done(now);
@@ -645,9 +868,44 @@ impl Scheduler {
     /// are recorded as interrupted, ready nodes re-queued, retry timers
     /// re-armed, and undecided pending nodes decided.
     fn recover_nodes(&self, job: &mut ActiveJob, now: Timestamp) {
+        // The states as recovered: recording an interrupted attempt can
+        // decide later nodes (whose cascade queues ready ones itself), so the
+        // loop must not act on states it changed.
+        let recovered: Vec<NodeState> = job.view.nodes.iter().map(NodeView::state).collect();
         for i in 0..job.view.nodes.len() as u32 {
             let node = &job.view.nodes[i as usize];
-            match node.state() {
+            match recovered[i as usize] {
+                NodeState::Compensating if node.compensation_running => {
+                    let attempt = node.compensation_attempts;
+                    let failure = Failure::infrastructure(
+                        "compensation interrupted: the process running it stopped before it finished",
+                    );
+                    let retry_in = job.compensation_retry(i, attempt, failure.class);
+                    if let Some(delay) = retry_in {
+                        job.post.push(Post::CompensationRetry {
+                            node: i,
+                            attempt,
+                            delay,
+                        });
+                    }
+                    job.emit(
+                        now,
+                        Event::CompensationFailed {
+                            node: i,
+                            attempt,
+                            failure,
+                            retry_in_ms: retry_in.map(|d| d.as_millis() as u64),
+                        },
+                    );
+                }
+                NodeState::Compensating => {
+                    let due = node.retry_at.unwrap_or(now);
+                    job.post.push(Post::CompensationRetry {
+                        node: i,
+                        attempt: node.compensation_attempts,
+                        delay: Duration::from_millis(due.saturating_since(now)),
+                    });
+                }
                 NodeState::Running => {
                     let attempt = node.machine.attempts;
                     let failure = Failure::infrastructure(
@@ -679,7 +937,7 @@ impl Scheduler {
                 _ => {}
             }
         }
-        if job.view.state != JobState::Cancelling {
+        if !matches!(job.view.state, JobState::Cancelling | JobState::RollingBack) {
             job.evaluate_pending();
             job.scratch.reverse();
             let events = std::mem::take(&mut job.scratch);
@@ -700,18 +958,54 @@ impl Scheduler {
             return;
         };
         job.running -= 1;
-        let node = &job.view.nodes[f.node as usize];
-        if node.state() != NodeState::Running || node.machine.attempts != f.attempt {
-            return;
-        }
+        // The slot was taken at dispatch, whatever became of the attempt.
         if let Some(pool) = job.view.spec().nodes()[f.node as usize].pool.as_ref() {
             if let Some(&p) = job.pool_names.get(pool) {
                 let pool = &mut job.pools[p];
-                pool.running -= 1;
+                pool.running = pool.running.saturating_sub(1);
                 if let Some(r) = pool.parked.pop() {
                     job.ready.push(r);
                 }
             }
+        }
+        let node = &job.view.nodes[f.node as usize];
+        if f.compensation {
+            if node.state() != NodeState::Compensating
+                || !node.compensation_running
+                || node.compensation_attempts != f.attempt
+            {
+                return;
+            }
+            let event = match f.result {
+                Ok(output) => Event::NodeCompensated {
+                    node: f.node,
+                    attempt: f.attempt,
+                    output,
+                },
+                Err(failure) => {
+                    let retry_in = job.compensation_retry(f.node, f.attempt, failure.class);
+                    if let Some(delay) = retry_in {
+                        job.post.push(Post::CompensationRetry {
+                            node: f.node,
+                            attempt: f.attempt,
+                            delay,
+                        });
+                    }
+                    Event::CompensationFailed {
+                        node: f.node,
+                        attempt: f.attempt,
+                        failure,
+                        retry_in_ms: retry_in.map(|d| d.as_millis() as u64),
+                    }
+                }
+            };
+            job.emit(now, event);
+            job.check_done(now);
+            self.mark(f.slot);
+            return;
+        }
+        if node.state() != NodeState::Running || node.machine.attempts != f.attempt {
+            return;
         }
         let event = match f.result {
             Ok(output) => Event::NodeSucceeded {
@@ -764,6 +1058,26 @@ impl Scheduler {
                     self.mark(slot);
                 }
             }
+            Timer::CompensationRetry {
+                slot,
+                gen,
+                node,
+                attempt,
+            } => {
+                let Some(job) = self.job(slot, gen) else {
+                    return;
+                };
+                let n = &job.view.nodes[node as usize];
+                if n.state() == NodeState::Compensating
+                    && !n.compensation_running
+                    && n.compensation_attempts == attempt
+                {
+                    let mut r = job.ready_node(node);
+                    r.compensation = true;
+                    job.ready.push(r);
+                    self.mark(slot);
+                }
+            }
             Timer::StoreRetry { slot, gen } => {
                 let Some(job) = self.job(slot, gen) else {
                     return;
@@ -806,8 +1120,14 @@ impl Scheduler {
                     }
                     pool.running += 1;
                 }
-                let attempt = job.view.nodes[node as usize].machine.attempts + 1;
-                job.emit(now, Event::NodeStarted { node, attempt });
+                let view = &job.view.nodes[node as usize];
+                if r.compensation {
+                    let attempt = view.compensation_attempts + 1;
+                    job.emit(now, Event::CompensationStarted { node, attempt });
+                } else {
+                    let attempt = view.machine.attempts + 1;
+                    job.emit(now, Event::NodeStarted { node, attempt });
+                }
                 job.running += 1;
                 self.running += 1;
                 break;
@@ -831,6 +1151,7 @@ impl Scheduler {
         // Each job appends its failed batch alone (exactly as it was, so an
         // append that did land is recognised as a replay), else everything
         // pending, with the progress that describes exactly that prefix.
+        let mut idle = std::mem::take(&mut self.idle);
         for &slot in &dirty {
             let Some(job) = self.jobs[slot].as_mut() else {
                 continue;
@@ -853,14 +1174,17 @@ impl Scheduler {
                     progress: job.view.progress(),
                     records: std::mem::take(&mut job.pending),
                 });
+            } else {
+                idle.push(slot);
             }
         }
-        if batches.is_empty() {
-            // Nothing to journal, but effects (e.g. a reply) may be waiting.
-            for &slot in &dirty {
-                self.perform(slot, None);
-            }
-        } else {
+        // Nothing to journal for these, but effects (e.g. the reply to a
+        // repeated cancel) may wait, whatever other jobs journal.
+        for slot in idle.drain(..) {
+            self.perform(slot, None);
+        }
+        self.idle = idle;
+        if !batches.is_empty() {
             let store = &*self.shared.store;
             let jobs = &self.jobs;
             let results = if batches.len() == 1 {
@@ -977,7 +1301,27 @@ impl Scheduler {
         let mut post = post;
         for p in post.drain(..) {
             match p {
-                Post::Spawn { node, attempt } => self.spawn(slot, node, attempt),
+                Post::Spawn {
+                    node,
+                    attempt,
+                    compensation,
+                } => self.spawn(slot, node, attempt, compensation),
+                Post::CompensationRetry {
+                    node,
+                    attempt,
+                    delay,
+                } => {
+                    let gen = self.jobs[slot].as_ref().map_or(0, |j| j.gen);
+                    self.timers.insert(
+                        Timer::CompensationRetry {
+                            slot,
+                            gen,
+                            node,
+                            attempt,
+                        },
+                        delay,
+                    );
+                }
                 Post::Retry {
                     node,
                     attempt,
@@ -999,8 +1343,8 @@ impl Scheduler {
                         job.token.cancel();
                     }
                 }
-                Post::Reply(tx) => {
-                    let _ = tx.send(Ok(()));
+                Post::Reply(tx, answer) => {
+                    let _ = tx.send(answer);
                 }
                 Post::Finish => finished = true,
             }
@@ -1037,6 +1381,13 @@ impl Scheduler {
                 for w in job.waiters.drain(..) {
                     let _ = w.send(job.view.clone());
                 }
+                // Nothing is journaled after the final record, so answers
+                // queued behind a replayed final batch are durable now too.
+                for p in std::mem::take(&mut job.post) {
+                    if let Post::Reply(tx, answer) = p {
+                        let _ = tx.send(answer);
+                    }
+                }
             }
             self.release(slot);
         }
@@ -1051,13 +1402,17 @@ impl Scheduler {
         }
     }
 
-    fn spawn(&mut self, slot: usize, node: u32, attempt: u32) {
+    fn spawn(&mut self, slot: usize, node: u32, attempt: u32, compensation: bool) {
         let Some(job) = self.jobs[slot].as_ref() else {
             return;
         };
         let spec = Arc::clone(job.view.spec());
         let node_spec = &spec.nodes()[node as usize];
-        let runner = self.shared.registry.get(&node_spec.kind).cloned();
+        let kind = match (&node_spec.compensate, compensation) {
+            (Some(c), true) => &c.kind,
+            _ => &node_spec.kind,
+        };
+        let runner = self.shared.registry().get(kind).cloned();
         let limits = AttemptLimits {
             deadline: node_spec
                 .timeout
@@ -1078,16 +1433,19 @@ impl Scheduler {
             Heartbeat::disabled()
         };
         let job_token = Arc::clone(&job.token);
-        let ctx = RunContext::new(job.id().clone(), spec.clone(), node, attempt)
+        let mut ctx = RunContext::new(job.id().clone(), spec.clone(), node, attempt)
             .with_deadline(limits.deadline)
             .with_shared_cancel(token)
             .with_heartbeat(heartbeat);
+        if compensation {
+            ctx = ctx.for_compensation();
+        }
         let gen = job.gen;
         // Only a missing runner (possible after a restart with a smaller
         // registry) needs the type's name; don't copy it otherwise.
         let missing = runner
             .is_none()
-            .then(|| format!("no runner is registered for type {:?}", node_spec.kind));
+            .then(|| format!("no runner is registered for type {kind:?}"));
         let task = self.free_tasks.pop().unwrap_or_else(|| {
             self.tasks.push(None);
             self.tasks.len() - 1
@@ -1104,6 +1462,7 @@ impl Scheduler {
                 gen,
                 node,
                 attempt,
+                compensation,
                 result,
             };
             // No receiver means the executor is gone; the journal keeps what

@@ -13,6 +13,7 @@ use crate::time::{JobId, Timestamp};
 /// A job's status: its state, progress, and every node's state, attempts,
 /// timings and last error. Built from a [`JobView`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobStatus {
     /// The job's id.
     pub id: JobId,
@@ -59,6 +60,7 @@ pub struct JobStatus {
 
 /// One node of a [`JobStatus`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeStatus {
     /// The node id.
     pub id: String,

@@ -331,6 +331,14 @@ impl Registry {
         self
     }
 
+    /// Adds every runner of `other`, replacing runners of the same kinds.
+    pub fn extend(&mut self, other: &Registry) -> &mut Self {
+        for (kind, runner) in &other.runners {
+            self.runners.insert(kind.clone(), Arc::clone(runner));
+        }
+        self
+    }
+
     /// The runner for `kind`.
     pub fn get(&self, kind: &str) -> Option<&Arc<dyn Runner>> {
         self.runners.get(kind)
