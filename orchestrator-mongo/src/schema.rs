@@ -326,12 +326,12 @@ pub(crate) fn append_update(
 }
 
 pub(crate) fn to_document<T: Serialize>(value: &T) -> Result<Document, StoreError> {
-    mongodb::bson::to_document(value)
+    mongodb::bson::serialize_to_document(value)
         .map_err(|e| StoreError::Invalid(format!("does not encode as BSON: {e}")))
 }
 
 pub(crate) fn to_bson<T: Serialize>(value: &T) -> Result<Bson, StoreError> {
-    mongodb::bson::to_bson(value)
+    mongodb::bson::serialize_to_bson(value)
         .map_err(|e| StoreError::Invalid(format!("does not encode as BSON: {e}")))
 }
 

@@ -893,5 +893,5 @@ fn decode<T: DeserializeOwned>(
     job: Option<&JobId>,
     key: impl FnOnce() -> String,
 ) -> Result<T, StoreError> {
-    mongodb::bson::from_slice(bytes).map_err(|e| corrupt(job, key(), e))
+    mongodb::bson::deserialize_from_slice(bytes).map_err(|e| corrupt(job, key(), e))
 }
