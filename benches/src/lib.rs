@@ -17,6 +17,7 @@
 pub mod baseline;
 pub mod dagrs_baseline;
 pub mod http;
+pub mod mongo;
 pub mod probe;
 pub mod report;
 pub mod scenarios;

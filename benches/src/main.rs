@@ -1,7 +1,8 @@
 //! Run with `cargo run --release -p orchestrator-benches --bin bench [-- --quick] [SCENARIO...]`.
 //!
 //! Prints `scenario, ours, baseline, ratio, unit, peak RSS` per line.
-//! SCENARIO is `dispatch`, `scale`, `durable`, `jobs` or `http`, or one dispatch
+//! SCENARIO is `dispatch`, `scale`, `durable`, `jobs`, `http` or `mongo`
+//! (which needs a server, so it runs only when named), or one dispatch
 //! shape such as `dispatch/fan`; none means all of them.
 //!
 //! Each scenario (each shape, for `dispatch`) runs in a fresh child process
@@ -30,6 +31,13 @@ fn run_unit(unit: &str, size: Size) -> Option<Vec<Line>> {
             "durable" => Some(scenarios::durable(size)),
             "jobs" => Some(scenarios::jobs(size)),
             "http" => Some(orchestrator_benches::http::http(size.quick)),
+            "mongo" => match orchestrator_benches::mongo::mongo(size) {
+                Ok(lines) => Some(lines),
+                Err(why) => {
+                    println!("# mongo: skipped: {why}");
+                    Some(Vec::new())
+                }
+            },
             _ => None,
         },
         _ => None,
@@ -45,7 +53,7 @@ fn units(arg: &str) -> Option<Vec<String>> {
                 .map(|s| format!("dispatch/{s}"))
                 .collect(),
         ),
-        "scale" | "durable" | "jobs" | "http" => Some(vec![arg.to_owned()]),
+        "scale" | "durable" | "jobs" | "http" | "mongo" => Some(vec![arg.to_owned()]),
         _ => match arg.split_once('/') {
             Some(("dispatch", shape)) if DISPATCH_SHAPES.contains(&shape) => {
                 Some(vec![arg.to_owned()])
@@ -88,7 +96,7 @@ fn main() -> ExitCode {
             None => {
                 eprintln!(
                     "unknown scenario {arg:?}: expected dispatch, dispatch/<chain|fan|layered>, \
-                     scale, durable, jobs or http"
+                     scale, durable, jobs, http or mongo"
                 );
                 return ExitCode::from(2);
             }

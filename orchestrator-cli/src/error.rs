@@ -78,14 +78,6 @@ pub(crate) enum CliError {
         /// What the command would have done.
         action: &'static str,
     },
-    /// The store kind exists, but not in this build.
-    #[error("store {store}: {hint}")]
-    StoreNotAvailable {
-        /// The store, as the user named it.
-        store: String,
-        /// What to do instead.
-        hint: &'static str,
-    },
     /// The store failed.
     #[error("store error: {0}")]
     Store(#[from] StoreError),
@@ -127,8 +119,7 @@ impl CliError {
             | Self::JobNotFound { .. }
             | Self::AlreadyFinished { .. } => EXIT_INVALID,
             Self::Killed { .. } => EXIT_JOB_FAILED,
-            Self::StoreNotAvailable { .. }
-            | Self::Store(_)
+            Self::Store(_)
             | Self::Executor(_)
             | Self::WriteReport { .. }
             | Self::Internal { .. } => EXIT_INTERNAL,

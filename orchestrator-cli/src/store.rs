@@ -8,6 +8,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use orchestrator_core::{MemoryStore, Store};
+use orchestrator_mongo::MongoStore;
 use orchestrator_sled::SledStore;
 
 use crate::error::CliError;
@@ -99,10 +100,11 @@ pub(crate) async fn open_store(spec: &StoreSpec) -> Result<Arc<dyn Store>, CliEr
     match spec {
         StoreSpec::Memory => Ok(Arc::new(MemoryStore::new())),
         StoreSpec::Sled(path) => Ok(Arc::new(SledStore::open(path)?)),
-        StoreSpec::Mongo(_) => Err(CliError::StoreNotAvailable {
-            store: spec.to_string(),
-            hint: "the MongoDB store is not available in this build; use `--store memory` for now",
-        }),
+        // Connecting sends nothing; the first command's call reaches the
+        // server (and reports it unreachable after the server-selection
+        // timeout, 5 s unless the connection string sets
+        // `serverSelectionTimeoutMS`).
+        StoreSpec::Mongo(uri) => Ok(Arc::new(MongoStore::connect(uri).await?)),
     }
 }
 
@@ -172,7 +174,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn memory_and_sled_open_and_mongo_says_why_not() {
+    async fn every_kind_opens() {
         let store = open_store(&StoreSpec::Memory).await.unwrap();
         store.ping().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -180,10 +182,18 @@ mod tests {
             .await
             .unwrap();
         store.ping().await.unwrap();
-        let Err(err) = open_store(&StoreSpec::Mongo("mongodb://localhost".into())).await else {
-            panic!("mongodb opened");
+        // Opening a MongoDB store contacts no server.
+        open_store(&StoreSpec::Mongo("mongodb://127.0.0.1:1/jobs".into()))
+            .await
+            .unwrap();
+        let Err(err) = open_store(&StoreSpec::Mongo("mongodb://h:notaport".into())).await else {
+            panic!("a malformed connection string opened");
         };
         assert_eq!(err.exit_code(), crate::error::EXIT_INTERNAL);
-        assert!(err.to_string().contains("not available in this build"));
+        assert!(
+            err.to_string()
+                .contains("invalid MongoDB connection string"),
+            "{err}"
+        );
     }
 }
