@@ -26,10 +26,11 @@ else
     echo "MongoDB tests: using MONGODB_URI from the environment"
 fi
 
+# Doc tests first (nextest does not run them), so the run closes with the
+# main runner's summary of every other test.
+cargo test --workspace --all-features --doc
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --all-features --no-fail-fast
 else
     cargo test --workspace --all-features --no-fail-fast --lib --bins --tests --examples
 fi
-# nextest does not run doc tests.
-cargo test --workspace --all-features --doc
