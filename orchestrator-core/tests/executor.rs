@@ -569,16 +569,31 @@ async fn recovery_never_reruns_succeeded_nodes() {
     assert!(JobView::replay(&records).is_ok());
 }
 
-/// Wraps a store and fails the next `n` appends with `Unavailable`.
+/// Wraps a store and fails the next `n` appends (and `n` creates) with
+/// `Unavailable`.
 struct Flaky {
     inner: MemoryStore,
     fail_next: AtomicUsize,
     failures: AtomicUsize,
+    fail_creates: AtomicUsize,
 }
 
 #[async_trait]
 impl Store for Flaky {
     async fn create_job(&self, s: &JobSummary, r: &[Record]) -> Result<(), StoreError> {
+        let left = self
+            .fail_creates
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if let Ok(n) = left {
+            // Every other failure lands the create first (a lost reply).
+            if n % 2 == 0 {
+                self.inner.create_job(s, r).await?;
+            }
+            return Err(StoreError::Unavailable {
+                message: "injected".into(),
+                source: None,
+            });
+        }
         self.inner.create_job(s, r).await
     }
     async fn append(
@@ -634,6 +649,7 @@ async fn store_outages_pause_the_job_and_lose_nothing() {
         inner: MemoryStore::new(),
         fail_next: AtomicUsize::new(0),
         failures: AtomicUsize::new(0),
+        fail_creates: AtomicUsize::new(0),
     });
     let probe = Probe::default();
     let ex = executor_with(store.clone(), &probe, ExecutorConfig::default()).await;
@@ -814,4 +830,37 @@ async fn code_jobs_run_and_resume_like_any_other() {
     assert_eq!(s.state, JobState::Succeeded);
     assert_eq!(probe.runs_of("build"), 1);
     assert_eq!(probe.runs_of("ship"), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_submit_whose_create_fails_or_loses_its_reply_is_retried() {
+    let store = Arc::new(Flaky {
+        inner: MemoryStore::new(),
+        fail_next: AtomicUsize::new(0),
+        failures: AtomicUsize::new(0),
+        // The first failure does not land, the second lands but loses its
+        // reply; the third try is acknowledged as an identical repeat.
+        fail_creates: AtomicUsize::new(2),
+    });
+    let probe = Probe::default();
+    let ex = executor_with(store.clone(), &probe, ExecutorConfig::default()).await;
+    let id = ex
+        .submit(JobSpec::builder("eventually").node(node("a")).build(), "a")
+        .await
+        .expect("retried until the store answers");
+    assert_eq!(ex.wait(&id).await.unwrap().state, JobState::Succeeded);
+    assert_eq!(probe.runs_of("a"), 1);
+
+    // A store that stays down: the error comes back after a few tries, and
+    // nothing runs.
+    store.fail_creates.store(1_000, Ordering::SeqCst);
+    let err = ex
+        .submit(JobSpec::builder("never").node(node("b")).build(), "a")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ExecutorError::Store(StoreError::Unavailable { .. })),
+        "{err:?}"
+    );
+    assert_eq!(probe.runs_of("b"), 0);
 }

@@ -60,6 +60,10 @@ use crate::JobSpec;
 
 pub use status::{JobStatus, NodeStatus};
 
+/// Attempts `submit` makes to create a job when the store fails in a way
+/// that may pass (the error is returned after the last one).
+const SUBMIT_TRIES: u32 = 4;
+
 /// Executor settings. The defaults are the original design's:
 /// 10 concurrent nodes, 3 attempts, 300 s maximum retry delay, 3600 s job
 /// timeout.
@@ -552,7 +556,23 @@ impl Executor {
                 .map_err(|e| ExecutorError::Store(StoreError::Invalid(e.to_string())))?;
         }
         let summary: JobSummary = view.summary();
-        shared.store.create_job(&summary, &records).await?;
+        // After a timeout the caller cannot know whether the create landed;
+        // an identical repeat is acknowledged by contract, so retrying is
+        // safe and turns "maybe" into a definite answer.
+        let mut delay = shared.config.store_retry_initial;
+        let mut tries = 1;
+        loop {
+            match shared.store.create_job(&summary, &records).await {
+                Ok(()) => break,
+                Err(e) if e.is_retryable() && tries < SUBMIT_TRIES => {
+                    tracing::warn!(job = %id, error = %e, retry_in_ms = delay.as_millis() as u64, "create failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(shared.config.store_retry_max);
+                    tries += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         let _ = shared.events.send(Arc::new(Batch {
             job: id.clone(),
             records,
