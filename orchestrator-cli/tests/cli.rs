@@ -1,9 +1,7 @@
 //! End-to-end tests of the `orchestrator` binary: exit codes, `--json`,
 //! JUnit reports, `validate`, `graph`, `jobs`, Ctrl-C and `resume` after a
-//! kill. Plans are small and sleep briefly, so the suite stays fast.
-//!
-//! Tests that need a store that outlives a process are marked
-//! `#[ignore = "needs the sled store"]` until that store is built in.
+//! kill. Plans are small and sleep briefly, so the suite stays fast. The
+//! binary runs as a real process, so waits on it are bounded polls.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

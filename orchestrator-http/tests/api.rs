@@ -503,7 +503,7 @@ async fn listing_filters_paginates_and_rejects_bad_parameters() {
         body["labels"] = json!({"parity": if i % 2 == 0 { "even" } else { "odd" }});
         ids.push(s.submit("alice", &body).await);
         // Distinct creation times, so newest-first order is by submission.
-        tokio::time::sleep(Duration::from_millis(3)).await;
+        s.clock.advance(1);
     }
     for id in &ids {
         s.wait(id).await;

@@ -140,12 +140,15 @@ pub async fn start_with(options: Options) -> Server {
     let scripted = ScriptedRunner::new();
     let mut registry = Registry::with_builtins();
     registry.register("scripted", scripted.clone());
+    // One clock for the API (tokens, rate limits) and the journal, so tests
+    // move time instead of sleeping.
+    let clock = Arc::new(ManualClock::new(Timestamp(1_700_000_000_000)));
     let executor = Executor::builder(store.clone())
         .registry(registry)
+        .clock(clock.clone())
         .start()
         .await
         .unwrap();
-    let clock = Arc::new(ManualClock::new(Timestamp(1_700_000_000_000)));
     let state = ApiState::builder(executor, options.auth.clone())
         .config(options.config)
         .clock(clock.clone())
