@@ -225,16 +225,15 @@ async fn run(args: RunArgs) -> Result<u8, CliError> {
             if others == 1 { "it" } else { "them" }
         ));
     }
-    let mut follower = Follower {
-        executor: &executor,
-        interrupts: &mut interrupts,
-        store_name: &store_name,
-        persistent: args.store.store.is_persistent(),
-    };
-    let view = {
-        let mut reporter = display.reporter();
-        follower.follow(&id, 0, reporter.as_mut()).await?
-    };
+    let view = follow_one(
+        &executor,
+        &mut interrupts,
+        &args.store.store,
+        &display,
+        &id,
+        0,
+    )
+    .await?;
     finish(&executor, &args.output, display.sink, vec![view]).await
 }
 
@@ -287,12 +286,6 @@ async fn resume(args: ResumeArgs) -> Result<u8, CliError> {
         &store_name,
     )
     .await?;
-    let mut follower = Follower {
-        executor: &executor,
-        interrupts: &mut interrupts,
-        store_name: &store_name,
-        persistent: spec.is_persistent(),
-    };
     let mut views = Vec::with_capacity(targets.len());
     for s in &targets {
         let p = &s.progress;
@@ -300,8 +293,7 @@ async fn resume(args: ResumeArgs) -> Result<u8, CliError> {
             "resuming job {}: {} ({}/{} nodes finished, was {})",
             s.id, s.name, p.nodes_finished, p.nodes_total, p.state
         ));
-        let mut reporter = display.reporter();
-        views.push(follower.follow(&s.id, p.version, reporter.as_mut()).await?);
+        views.push(follow_one(&executor, &mut interrupts, spec, &display, &s.id, p.version).await?);
     }
     finish(&executor, &args.output, display.sink, views).await
 }
@@ -327,14 +319,15 @@ async fn rerun(args: RerunArgs) -> Result<u8, CliError> {
         "job {id} submitted: rerun of {} ({}/{} nodes carried over) to store {store_name}",
         args.job, summary.progress.nodes_finished, summary.progress.nodes_total
     ));
-    let mut follower = Follower {
-        executor: &executor,
-        interrupts: &mut interrupts,
-        store_name: &store_name,
-        persistent: args.store.store.is_persistent(),
-    };
-    let mut reporter = display.reporter();
-    let view = follower.follow(&id, 0, reporter.as_mut()).await?;
+    let view = follow_one(
+        &executor,
+        &mut interrupts,
+        &args.store.store,
+        &display,
+        &id,
+        0,
+    )
+    .await?;
     finish(&executor, &args.output, display.sink, vec![view]).await
 }
 
@@ -357,20 +350,40 @@ async fn rollback(args: RollbackArgs) -> Result<u8, CliError> {
         "job {} rolling back: {} (was {})",
         args.job, before.name, before.progress.state
     ));
-    let mut follower = Follower {
-        executor: &executor,
-        interrupts: &mut interrupts,
-        store_name: &store_name,
-        persistent: args.store.store.is_persistent(),
-    };
-    let mut reporter = display.reporter();
-    let view = follower
-        .follow(&args.job, before.progress.version, reporter.as_mut())
-        .await?;
+    let view = follow_one(
+        &executor,
+        &mut interrupts,
+        &args.store.store,
+        &display,
+        &args.job,
+        before.progress.version,
+    )
+    .await?;
     // For this command, a complete rollback is the success.
     let rolled_back = view.state == JobState::RolledBack;
     let code = finish(&executor, &args.output, display.sink, vec![view]).await?;
     Ok(if rolled_back { EXIT_OK } else { code })
+}
+
+/// Follows job `id` to its end with a fresh reporter, reporting the records
+/// after `show_after`, and returns its final view.
+async fn follow_one(
+    executor: &Executor,
+    interrupts: &mut Interrupts,
+    store: &StoreSpec,
+    display: &Display,
+    id: &JobId,
+    show_after: u64,
+) -> Result<JobView, CliError> {
+    let store_name = store.to_string();
+    let mut follower = Follower {
+        executor,
+        interrupts,
+        store_name: &store_name,
+        persistent: store.is_persistent(),
+    };
+    let mut reporter = display.reporter();
+    follower.follow(id, show_after, reporter.as_mut()).await
 }
 
 /// Maps the executor's "not in this state" answers to usage errors.
