@@ -753,7 +753,6 @@ impl Executor {
             job: id.clone(),
             node: node.to_owned(),
         };
-        let dag = Dag::compile(spec_old, &shared.config.limits, &shared.policies)?;
         let mut again: Vec<bool> = old
             .nodes
             .iter()
@@ -761,6 +760,8 @@ impl Executor {
             .collect();
         if let Some(from) = from {
             let start = index(from).ok_or_else(|| unknown(from))? as u32;
+            // Only `from` needs the graph; the submission compiles it anyway.
+            let dag = Dag::compile(spec_old, &shared.config.limits, &shared.policies)?;
             let mut seen = vec![false; again.len()];
             let mut stack = vec![start];
             while let Some(v) = stack.pop() {

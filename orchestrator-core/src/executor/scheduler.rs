@@ -1387,10 +1387,7 @@ impl Scheduler {
             }
         }
         if finished {
-            if let Some(job) = self.jobs[slot].as_mut() {
-                for w in job.waiters.drain(..) {
-                    let _ = w.send(job.view.clone());
-                }
+            if let Some(mut job) = self.release(slot) {
                 // Nothing is journaled after the final record, so answers
                 // queued behind a replayed final batch are durable now too.
                 for p in std::mem::take(&mut job.post) {
@@ -1398,18 +1395,25 @@ impl Scheduler {
                         let _ = tx.send(answer);
                     }
                 }
+                // The view is not needed any more: the last waiter takes it,
+                // so a million-node job is not copied for nothing.
+                if let Some(last) = job.waiters.pop() {
+                    for w in job.waiters.drain(..) {
+                        let _ = w.send(job.view.clone());
+                    }
+                    let _ = last.send(job.view);
+                }
             }
-            self.release(slot);
         }
     }
 
-    /// Forgets a job (finished, or no longer ours).
-    fn release(&mut self, slot: usize) {
-        if let Some(job) = self.jobs[slot].take() {
-            job.token.cancel();
-            self.by_id.remove(job.id());
-            self.free.push(slot);
-        }
+    /// Forgets a job (finished, or no longer ours) and hands it back.
+    fn release(&mut self, slot: usize) -> Option<ActiveJob> {
+        let job = self.jobs[slot].take()?;
+        job.token.cancel();
+        self.by_id.remove(job.id());
+        self.free.push(slot);
+        Some(job)
     }
 
     fn spawn(&mut self, slot: usize, node: u32, attempt: u32, compensation: bool) {
