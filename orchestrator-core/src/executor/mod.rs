@@ -90,6 +90,17 @@ pub struct ExecutorConfig {
     pub store_retry_max: Duration,
 }
 
+impl ExecutorConfig {
+    /// The delay before retrying a store write after `failures` failures in
+    /// a row (from 1): `store_retry_initial`, doubling, capped at
+    /// `store_retry_max`.
+    pub fn store_retry_delay(&self, failures: u32) -> Duration {
+        self.store_retry_initial
+            .saturating_mul(1u32 << (failures.clamp(1, 17) - 1))
+            .min(self.store_retry_max)
+    }
+}
+
 impl Default for ExecutorConfig {
     fn default() -> Self {
         Self {
@@ -559,16 +570,15 @@ impl Executor {
         // After a timeout the caller cannot know whether the create landed;
         // an identical repeat is acknowledged by contract, so retrying is
         // safe and turns "maybe" into a definite answer.
-        let mut delay = shared.config.store_retry_initial;
-        let mut tries = 1;
+        let mut failures = 0;
         loop {
             match shared.store.create_job(&summary, &records).await {
                 Ok(()) => break,
-                Err(e) if e.is_retryable() && tries < SUBMIT_TRIES => {
+                Err(e) if e.is_retryable() && failures + 1 < SUBMIT_TRIES => {
+                    failures += 1;
+                    let delay = shared.config.store_retry_delay(failures);
                     tracing::warn!(job = %id, error = %e, retry_in_ms = delay.as_millis() as u64, "create failed; retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(shared.config.store_retry_max);
-                    tries += 1;
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -1268,11 +1268,7 @@ impl Scheduler {
                 });
                 job.stalled = true;
                 job.store_failures += 1;
-                let cfg = &self.shared.config;
-                let delay = cfg
-                    .store_retry_initial
-                    .saturating_mul(1u32 << job.store_failures.min(16).saturating_sub(1))
-                    .min(cfg.store_retry_max);
+                let delay = self.shared.config.store_retry_delay(job.store_failures);
                 tracing::warn!(job = %job.id(), error = %e, retry_in_ms = delay.as_millis() as u64,
                     "journal append failed; dispatch for this job is paused");
                 let gen = job.gen;
