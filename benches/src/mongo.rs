@@ -174,7 +174,7 @@ async fn measure(uri: &str, appends: usize, reads: usize, runs: usize) -> Result
         let start = Instant::now();
         for (expected, records, progress) in &batches {
             store
-                .append(view.id(), *expected, records, progress)
+                .append(view.id(), *expected, records, progress, 0)
                 .await
                 .map_err(|e| e.to_string())?;
         }

@@ -94,3 +94,9 @@ pub use state::{JobState, NodeState};
 pub use store::{MemoryStore, Store, StoreError, StoreExt};
 pub use time::{Clock, JobId, ManualClock, SystemClock, Timestamp};
 pub use validate::{validate, Limits, Problem, ProblemCode, ValidationErrors};
+
+/// Re-exports for this crate's macros; not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use async_trait::async_trait;
+}

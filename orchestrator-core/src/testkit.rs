@@ -82,6 +82,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+mod lease;
+pub use lease::{
+    cancel_requests_reach_the_holder, claimable_orders_by_priority_then_age,
+    finishing_append_ends_the_lease, lease_claim_renew_release, stale_fencing_token_is_rejected,
+};
+
 use crate::failure::Failure;
 use crate::journal::{Event, JobHeader, JobSummary, JobView, Progress, Record, Snapshot};
 use crate::spec::{JobSpec, NodeSpec};
@@ -153,6 +159,11 @@ macro_rules! store_conformance_tests {
             concurrent_appends_to_one_job,
             concurrent_creates,
             large_journal,
+            lease_claim_renew_release,
+            stale_fencing_token_is_rejected,
+            finishing_append_ends_the_lease,
+            claimable_orders_by_priority_then_age,
+            cancel_requests_reach_the_holder,
         }
     };
 }
@@ -362,6 +373,7 @@ pub struct Batch {
 pub struct TestJob {
     view: JobView,
     records: Vec<Record>,
+    fence: u64,
 }
 
 impl TestJob {
@@ -388,7 +400,13 @@ impl TestJob {
         Self {
             view: JobView::new(header),
             records: vec![first],
+            fence: 0,
         }
+    }
+
+    /// Sets the fencing token [`TestJob::append`] writes with (0 at first).
+    pub fn set_fence(&mut self, fence: u64) {
+        self.fence = fence;
     }
 
     /// The job's id.
@@ -490,7 +508,13 @@ impl TestJob {
         let batch = self.next_batch(events);
         let version = ok(
             store
-                .append(self.id(), batch.expected, &batch.records, &batch.progress)
+                .append(
+                    self.id(),
+                    batch.expected,
+                    &batch.records,
+                    &batch.progress,
+                    self.fence,
+                )
                 .await,
             "append",
         );
@@ -774,7 +798,7 @@ pub async fn append_at_wrong_version_is_conflict(store: Arc<dyn Store>) {
     // Someone else's view of version 1: a cancel racing the start.
     let stale = at_one.peek_batch([Event::CancelRequested { reason: None }]);
     assert_conflict(
-        s.append(&id, 1, &stale.records, &stale.progress).await,
+        s.append(&id, 1, &stale.records, &stale.progress, 0).await,
         &id,
         1,
         3,
@@ -782,7 +806,7 @@ pub async fn append_at_wrong_version_is_conflict(store: Arc<dyn Store>) {
     );
     let stale = at_one.peek_batch([Event::Queued, Event::CancelRequested { reason: None }]);
     assert_conflict(
-        s.append(&id, 1, &stale.records, &stale.progress).await,
+        s.append(&id, 1, &stale.records, &stale.progress, 0).await,
         &id,
         1,
         3,
@@ -791,14 +815,14 @@ pub async fn append_at_wrong_version_is_conflict(store: Arc<dyn Store>) {
     let next = job.peek_batch(run_node(0));
     let future = renumber(&next.records, 6);
     assert_conflict(
-        s.append(&id, 5, &future, &next.progress).await,
+        s.append(&id, 5, &future, &next.progress, 0).await,
         &id,
         5,
         3,
         "append at a future version",
     );
     assert_conflict(
-        s.append(&id, 0, &renumber(&next.records, 1), &next.progress)
+        s.append(&id, 0, &renumber(&next.records, 1), &next.progress, 0)
             .await,
         &id,
         0,
@@ -823,7 +847,7 @@ pub async fn replayed_append_is_idempotent(store: Arc<dyn Store>) {
     let id = job.id().clone();
 
     let again = s
-        .append(&id, first.expected, &first.records, &first.progress)
+        .append(&id, first.expected, &first.records, &first.progress, 0)
         .await;
     assert_eq!(ok(again, "replaying the last batch"), 3);
     assert_stored(s, &job, "after replaying the last batch").await;
@@ -831,7 +855,7 @@ pub async fn replayed_append_is_idempotent(store: Arc<dyn Store>) {
     let second = job.append(s, run_node(0)).await;
     assert_eq!(job.version(), 6);
     let again = s
-        .append(&id, first.expected, &first.records, &first.progress)
+        .append(&id, first.expected, &first.records, &first.progress, 0)
         .await;
     assert_eq!(
         ok(again, "replaying an older batch"),
@@ -844,17 +868,19 @@ pub async fn replayed_append_is_idempotent(store: Arc<dyn Store>) {
         "replaying an older batch must not roll the summary back",
     )
     .await;
-    let again = s.append(&id, 1, &first.records[..1], &first.progress).await;
+    let again = s
+        .append(&id, 1, &first.records[..1], &first.progress, 0)
+        .await;
     assert_eq!(ok(again, "replaying a prefix of a batch"), 2);
     let again = s
-        .append(&id, 4, &second.records[1..], &second.progress)
+        .append(&id, 4, &second.records[1..], &second.progress, 0)
         .await;
     assert_eq!(ok(again, "replaying a suffix of a batch"), 6);
     assert_stored(s, &job, "after replaying parts of batches").await;
 
     let other = at_one.peek_batch([Event::CancelRequested { reason: None }]);
     assert_conflict(
-        s.append(&id, 1, &other.records, &other.progress).await,
+        s.append(&id, 1, &other.records, &other.progress, 0).await,
         &id,
         1,
         6,
@@ -863,7 +889,7 @@ pub async fn replayed_append_is_idempotent(store: Arc<dyn Store>) {
     let mut overhang = second.records[1..].to_vec();
     overhang.extend(job.peek_batch([Event::NodeReady { node: 1 }]).records);
     assert_conflict(
-        s.append(&id, 4, &overhang, &job.progress()).await,
+        s.append(&id, 4, &overhang, &job.progress(), 0).await,
         &id,
         4,
         6,
@@ -891,13 +917,13 @@ pub async fn out_of_sequence_append_is_invalid(store: Arc<dyn Store>) {
     ];
     for (what, records) in &cases {
         assert_invalid(
-            s.append(&id, 1, records, &next.progress).await,
+            s.append(&id, 1, records, &next.progress, 0).await,
             &format!("append of records with {what}"),
         );
     }
     let huge = renumber(&r[..1], u64::MAX);
     let e = err(
-        s.append(&id, u64::MAX, &huge, &next.progress).await,
+        s.append(&id, u64::MAX, &huge, &next.progress, 0).await,
         "append at version u64::MAX",
     );
     assert!(
@@ -928,7 +954,7 @@ pub async fn missing_job_is_not_found(store: Arc<dyn Store>) {
     let batch = ghost.peek_batch([Event::Queued]);
 
     assert_not_found(
-        s.append(id, 1, &batch.records, &batch.progress).await,
+        s.append(id, 1, &batch.records, &batch.progress, 0).await,
         id,
         "append",
     );
@@ -1973,7 +1999,7 @@ pub async fn concurrent_appends_to_one_job(store: Arc<dyn Store>) {
                         event: note(format!("task {t} append {i}")),
                     };
                     match store
-                        .append(&id, v, &[record], &race_progress(base, v + 1))
+                        .append(&id, v, &[record], &race_progress(base, v + 1), 0)
                         .await
                     {
                         Ok(n) => {

@@ -578,6 +578,8 @@ struct Flaky {
     fail_creates: AtomicUsize,
 }
 
+orchestrator_core::forward_lease_store!(Flaky => inner);
+
 #[async_trait]
 impl Store for Flaky {
     async fn create_job(&self, s: &JobSummary, r: &[Record]) -> Result<(), StoreError> {
@@ -602,6 +604,7 @@ impl Store for Flaky {
         expected: u64,
         records: &[Record],
         p: &Progress,
+        fence: u64,
     ) -> Result<u64, StoreError> {
         if self
             .fail_next
@@ -611,14 +614,14 @@ impl Store for Flaky {
             self.failures.fetch_add(1, Ordering::SeqCst);
             // Half the failures land the write anyway (a timeout after commit).
             if self.failures.load(Ordering::SeqCst) % 2 == 0 {
-                self.inner.append(job, expected, records, p).await?;
+                self.inner.append(job, expected, records, p, fence).await?;
             }
             return Err(StoreError::Unavailable {
                 message: "injected".into(),
                 source: None,
             });
         }
-        self.inner.append(job, expected, records, p).await
+        self.inner.append(job, expected, records, p, fence).await
     }
     async fn read(&self, job: &JobId, after: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
         self.inner.read(job, after, limit).await

@@ -529,6 +529,8 @@ impl SimStore {
     }
 }
 
+orchestrator_core::forward_lease_store!(SimStore => inner);
+
 #[async_trait]
 impl Store for SimStore {
     async fn create_job(&self, summary: &JobSummary, records: &[Record]) -> Result<(), StoreError> {
@@ -543,6 +545,7 @@ impl Store for SimStore {
         expected: u64,
         records: &[Record],
         progress: &Progress,
+        fence: u64,
     ) -> Result<u64, StoreError> {
         self.pause().await;
         let n = self.appends.fetch_add(1, Ordering::SeqCst);
@@ -550,14 +553,20 @@ impl Store for SimStore {
             if self.failures_land {
                 // Durable, but the executor cannot know until a replay of
                 // this append is acknowledged.
-                let _ = self.inner.append(job, expected, records, progress).await;
+                let _ = self
+                    .inner
+                    .append(job, expected, records, progress, fence)
+                    .await;
             }
             return Err(StoreError::Unavailable {
                 message: format!("injected outage (append {n})"),
                 source: None,
             });
         }
-        let version = self.inner.append(job, expected, records, progress).await?;
+        let version = self
+            .inner
+            .append(job, expected, records, progress, fence)
+            .await?;
         self.note_landed(job, version);
         Ok(version)
     }

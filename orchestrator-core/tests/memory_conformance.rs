@@ -58,6 +58,8 @@ mod mutants {
         bug: Bug,
     }
 
+    orchestrator_core::forward_lease_store!(Buggy => inner);
+
     #[async_trait]
     impl Store for Buggy {
         async fn create_job(
@@ -79,6 +81,7 @@ mod mutants {
             expected: u64,
             records: &[Record],
             progress: &Progress,
+            fence: u64,
         ) -> Result<u64, StoreError> {
             let mut progress = *progress;
             match self.bug {
@@ -97,7 +100,11 @@ mod mutants {
                 }
                 _ => {}
             }
-            match self.inner.append(job, expected, records, &progress).await {
+            match self
+                .inner
+                .append(job, expected, records, &progress, fence)
+                .await
+            {
                 Err(StoreError::Conflict { .. }) if self.bug == Bug::ConflictIsBackend => {
                     Err(StoreError::Backend {
                         message: "write failed".into(),

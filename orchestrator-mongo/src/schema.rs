@@ -149,6 +149,39 @@ pub(crate) struct JobDoc {
     pub(crate) progress: ProgressDoc,
     #[serde(flatten)]
     pub(crate) batch: BatchDoc,
+    #[serde(flatten)]
+    pub(crate) lease: LeaseDoc,
+}
+
+/// A job's lease, kept in the job document so that an append's fencing
+/// check is part of its single-document compare-and-set.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct LeaseDoc {
+    /// The last holder (empty: never claimed).
+    #[serde(default)]
+    pub(crate) lease_owner: String,
+    /// The fencing token (0: never claimed).
+    #[serde(default)]
+    pub(crate) lease_token: i64,
+    /// When the lease lapses, epoch ms (0: released).
+    #[serde(default)]
+    pub(crate) lease_expires: i64,
+    /// 1 when a cancel was requested, else 0 (a value, so no query depends
+    /// on a missing versus a null field; an integer, because the test
+    /// server reads back a boolean written by `$set` as an integer).
+    #[serde(default)]
+    pub(crate) cancel_requested: i32,
+    /// Its reason ("" for none).
+    #[serde(default)]
+    pub(crate) cancel_reason: String,
+}
+
+/// The fields of [`LeaseDoc`], for projections.
+pub(crate) fn lease_projection() -> Document {
+    doc! {
+        "lease_owner": 1, "lease_token": 1, "lease_expires": 1,
+        "cancel_requested": 1, "cancel_reason": 1,
+    }
 }
 
 /// The fields of a job document that every append sets.
@@ -191,6 +224,9 @@ pub(crate) struct SummaryDoc {
 #[derive(Clone, Debug, Deserialize)]
 pub(crate) struct HeadDoc {
     pub(crate) version: i64,
+    /// The job's fencing token (see `LeaseDoc`).
+    #[serde(default)]
+    pub(crate) lease_token: i64,
     #[serde(flatten)]
     pub(crate) batch: BatchDoc,
 }
@@ -223,7 +259,7 @@ pub(crate) fn summary_projection() -> Document {
 }
 
 pub(crate) fn head_projection() -> Document {
-    doc! { "version": 1, "batch": 1, "pending": 1 }
+    doc! { "version": 1, "batch": 1, "pending": 1, "lease_token": 1 }
 }
 
 // ---------------------------------------------------------------------------
@@ -316,11 +352,19 @@ pub(crate) fn progress_doc(p: &Progress, version: u64) -> Result<ProgressDoc, St
 /// append has no records.
 pub(crate) fn append_update(
     progress: &ProgressDoc,
+    finished: bool,
     batch: Option<&BatchDoc>,
 ) -> Result<Document, StoreError> {
     let mut set = to_document(progress)?;
     if let Some(b) = batch {
         set.extend(to_document(b)?);
+    }
+    if finished {
+        // The append that finishes a job ends its lease (keeping the token)
+        // and drops a pending cancel request with it.
+        set.insert("lease_expires", 0_i64);
+        set.insert("cancel_requested", 0_i32);
+        set.insert("cancel_reason", "");
     }
     Ok(doc! { "$set": set })
 }
@@ -347,6 +391,7 @@ pub(crate) fn job_doc(s: &JobSummary, version: u64, batch: BatchDoc) -> Result<J
         created_at: int(s.created_at.0, "created_at")?,
         progress: progress_doc(&s.progress, version)?,
         batch,
+        lease: LeaseDoc::default(),
     })
 }
 

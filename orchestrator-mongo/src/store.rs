@@ -16,6 +16,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
+mod lease;
+
 use crate::breaker::{Admit, Breaker, BreakerConfig};
 use crate::error::{corrupt, from_driver, is_duplicate_key, timed_out};
 use crate::schema::{
@@ -490,18 +492,24 @@ impl MongoStore {
         expected: u64,
         records: &[Record],
         progress: &Progress,
+        fence: u64,
     ) -> Result<u64, StoreError> {
         let new = expected + records.len() as u64;
         let expected_i = schema::int(expected, "version")?;
+        let fence_i = schema::int(fence, "fencing token")?;
+        let finished = progress.state.is_terminal();
         let progress_doc = schema::progress_doc(progress, new)?;
         let id = job.as_str();
         if records.is_empty() {
             // Only the progress moves; the pending batch stays as it is.
-            let update = schema::append_update(&progress_doc, None)?;
+            let update = schema::append_update(&progress_doc, finished, None)?;
             let hit = self
                 .jobs
                 .clone_with_type::<IdDoc>()
-                .find_one_and_update(doc! { "_id": id, "version": expected_i }, update)
+                .find_one_and_update(
+                    doc! { "_id": id, "version": expected_i, "lease_token": { "$lte": fence_i } },
+                    update,
+                )
                 .projection(doc! { "_id": 1 })
                 .await
                 .map_err(|e| from_driver(e, &format!("updating job {job}"), Some(job)))?;
@@ -509,6 +517,7 @@ impl MongoStore {
                 return Ok(expected);
             }
             let head = self.head(job).await?.ok_or_else(|| not_found(job))?;
+            check_fence(job, &head, fence)?;
             return self.replay_or_conflict(job, expected, records, &head).await;
         }
 
@@ -517,7 +526,7 @@ impl MongoStore {
             batch: token(),
             pending: docs,
         };
-        let update = schema::append_update(&progress_doc, Some(&batch))?;
+        let update = schema::append_update(&progress_doc, finished, Some(&batch))?;
         let mut settled = self.settled_at(job, expected);
         // At most: a compare-and-set with a stale memory, a read, helping
         // the previous batch into `events`, the compare-and-set again, and
@@ -528,7 +537,7 @@ impl MongoStore {
                     .jobs
                     .clone_with_type::<IdDoc>()
                     .find_one_and_update(
-                        doc! { "_id": id, "version": expected_i, "batch": prev },
+                        doc! { "_id": id, "version": expected_i, "batch": prev, "lease_token": { "$lte": fence_i } },
                         update.clone(),
                     )
                     .projection(doc! { "_id": 1 })
@@ -553,6 +562,7 @@ impl MongoStore {
                 }
             }
             let head = self.head(job).await?.ok_or_else(|| not_found(job))?;
+            check_fence(job, &head, fence)?;
             if head.version != expected_i {
                 return self.replay_or_conflict(job, expected, records, &head).await;
             }
@@ -566,6 +576,7 @@ impl MongoStore {
             settled = Some(head.batch.batch);
         }
         let head = self.head(job).await?.ok_or_else(|| not_found(job))?;
+        check_fence(job, &head, fence)?;
         if head.version != expected_i {
             return self.replay_or_conflict(job, expected, records, &head).await;
         }
@@ -677,11 +688,12 @@ impl Store for MongoStore {
         expected: u64,
         records: &[Record],
         progress: &Progress,
+        fence: u64,
     ) -> Result<u64, StoreError> {
         check_sequence(job, expected, records)?;
         self.call(
             "appending",
-            self.append_inner(job, expected, records, progress),
+            self.append_inner(job, expected, records, progress, fence),
         )
         .await
     }
@@ -894,4 +906,17 @@ fn decode<T: DeserializeOwned>(
     key: impl FnOnce() -> String,
 ) -> Result<T, StoreError> {
     mongodb::bson::deserialize_from_slice(bytes).map_err(|e| corrupt(job, key(), e))
+}
+
+/// [`StoreError::Fenced`] if the job's lease token is newer than `fence`.
+fn check_fence(job: &JobId, head: &HeadDoc, fence: u64) -> Result<(), StoreError> {
+    let current = schema::uint(head.lease_token, Some(job), "lease_token")?;
+    if fence < current {
+        return Err(StoreError::Fenced {
+            job: job.clone(),
+            token: fence,
+            current,
+        });
+    }
+    Ok(())
 }

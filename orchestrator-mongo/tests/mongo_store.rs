@@ -66,7 +66,7 @@ async fn a_writer_that_dies_between_commit_and_copy_loses_nothing() {
         assert_eq!(JobView::replay(&records).expect("replays"), *job.view());
         // Replaying the lost append's reply is recognised.
         assert_eq!(
-            b.append(job.id(), last.expected, &last.records, &last.progress)
+            b.append(job.id(), last.expected, &last.records, &last.progress, 0)
                 .await
                 .expect("replay"),
             6

@@ -22,6 +22,11 @@ pub(crate) const SNAPSHOTS: &str = "snapshots";
 pub(crate) const BY_CREATED: &str = "by_created";
 /// Recovery index: `id` → empty, for every job not in a terminal state.
 pub(crate) const UNFINISHED: &str = "unfinished";
+/// Tree of job leases: `id` → encoded [`LeaseRecord`]; absent for a job
+/// never claimed.
+///
+/// [`LeaseRecord`]: orchestrator_core::store::lease::LeaseRecord
+pub(crate) const LEASES: &str = "leases";
 /// Key, in sled's default tree, of the on-disk layout version.
 pub(crate) const LAYOUT_KEY: &[u8] = b"orchestrator-sled/layout";
 

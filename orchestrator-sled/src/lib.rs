@@ -87,6 +87,16 @@
 //! check that a round of 64 appends takes at most a handful of flushes
 //! (typically one or two) and 64 independent tasks far fewer than 64.
 //!
+//! ## Leases
+//!
+//! Appends check the writer's fencing token against the `leases` tree in
+//! the same transaction as the version, so a stale writer can never land a
+//! record. The store is [exclusive](orchestrator_core::store::LeaseStore::exclusive)
+//! (one process per directory), so an executor starting on it takes every
+//! unfinished job over at once. Claims, renewals and releases are not
+//! flushed on their own: a lease only matters while its process lives, and
+//! a restarted process takes every job over regardless.
+//!
 //! ## Snapshots
 //!
 //! [`Store::put_snapshot`] keeps the newest snapshot per job; recovery
@@ -106,6 +116,7 @@
 //! | `snapshots` | `id` | `0x01` + `version:u64` + JSON [`Snapshot`] |
 //! | `by_created` | `created_at:u64 id` | empty: the listing index, newest first by reverse scan |
 //! | `unfinished` | `id` | empty: jobs not in a terminal state, for recovery at start |
+//! | `leases` | `id` | `0x01` + JSON `LeaseRecord`: owner, fencing token, expiry, pending cancel; absent until the job is first claimed |
 //! | default | `orchestrator-sled/layout` | `0x01`: the layout version of the directory |
 //!
 //! A prefix scan of `records` reads one job's journal in order;
@@ -127,11 +138,13 @@
 //! | `codec` | value encoding: format byte + JSON, decoding to [`StoreError::Corrupt`] |
 //! | `commit` | the group-commit flusher thread and the `Synced` file syncs |
 //! | `error` | the one conversion of sled errors into [`StoreError`] |
+//! | `lease` | the [`LeaseStore`](orchestrator_core::store::LeaseStore) implementation |
 
 mod codec;
 mod commit;
 mod error;
 mod keys;
+mod lease;
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -147,7 +160,7 @@ use sled::Transactional;
 
 use crate::commit::{Committer, Sync, SyncedFiles};
 use crate::error::{from_open, from_sled, from_tx};
-use crate::keys::{BY_CREATED, RECORDS, SNAPSHOTS, SUMMARIES, UNFINISHED};
+use crate::keys::{BY_CREATED, LEASES, RECORDS, SNAPSHOTS, SUMMARIES, UNFINISHED};
 
 /// The value of index entries, whose keys say everything.
 const EMPTY: &[u8] = &[];
@@ -243,6 +256,7 @@ pub struct SledStore {
     snapshots: sled::Tree,
     by_created: sled::Tree,
     unfinished: sled::Tree,
+    leases: sled::Tree,
     committer: Committer,
     durability: Durability,
     path: PathBuf,
@@ -333,12 +347,13 @@ impl SledStore {
             db.open_tree(name)
                 .map_err(|e| from_sled(e, &format!("opening tree {name}")))
         };
-        let (records, summaries, snapshots, by_created, unfinished) = (
+        let (records, summaries, snapshots, by_created, unfinished, leases) = (
             tree(RECORDS)?,
             tree(SUMMARIES)?,
             tree(SNAPSHOTS)?,
             tree(BY_CREATED)?,
             tree(UNFINISHED)?,
+            tree(LEASES)?,
         );
         match db
             .get(keys::LAYOUT_KEY)
@@ -381,6 +396,7 @@ impl SledStore {
             snapshots,
             by_created,
             unfinished,
+            leases,
             committer,
             durability: options.durability,
             path,
@@ -590,6 +606,7 @@ impl Store for SledStore {
         expected: u64,
         records: &[Record],
         progress: &Progress,
+        fence: u64,
     ) -> Result<u64, StoreError> {
         check_sequence(job, expected, records)?;
         let n = records.len() as u64;
@@ -597,11 +614,18 @@ impl Store for SledStore {
         let end = expected + n;
         let encoded = encode_records(job, records)?;
 
-        let (version, wrote) = (&self.records, &self.summaries, &self.unfinished)
-            .transaction(|(rt, st, ut)| {
+        let (version, wrote) = (
+            &self.records,
+            &self.summaries,
+            &self.unfinished,
+            &self.leases,
+        )
+            .transaction(|(rt, st, ut, lt)| {
                 let Some(mut summary) = tx_summary(st, job)? else {
                     return fail(StoreError::NotFound { job: job.clone() });
                 };
+                let mut lease = lease::tx_lease(lt, job)?;
+                lease.check(job, fence).or_else(fail)?;
                 let actual = summary.progress.version;
                 if actual != expected {
                     // Idempotent replay: these records are already stored,
@@ -630,6 +654,10 @@ impl Store for SledStore {
                 let terminal = summary.progress.state.is_terminal();
                 if terminal && !was_terminal {
                     ut.remove(keys::job(job))?;
+                    if lease.token > 0 {
+                        lease.finish();
+                        lt.insert(keys::job(job), codec::encode(&lease).or_else(fail)?)?;
+                    }
                 } else if !terminal && was_terminal {
                     ut.insert(keys::job(job), EMPTY)?;
                 }

@@ -154,7 +154,7 @@ fn a_corrupt_record_fails_its_job_only() {
         // A replay over the damaged record cannot be checked: corrupt, not Ok.
         let replay = &bad.records()[1..2];
         assert_corrupt(
-            store.append(bad.id(), 1, replay, &bad.progress()).await,
+            store.append(bad.id(), 1, replay, &bad.progress(), 0).await,
             "bad",
             "records/bad/2",
         );
@@ -202,7 +202,7 @@ fn a_corrupt_or_newer_summary_fails_its_job_only() {
         let batch = bad.peek_batch([Event::Queued]);
         assert_corrupt(
             store
-                .append(bad.id(), 1, &batch.records, &batch.progress)
+                .append(bad.id(), 1, &batch.records, &batch.progress, 0)
                 .await,
             "bad",
             "summaries/bad",

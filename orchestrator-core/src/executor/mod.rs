@@ -39,6 +39,7 @@
 //! ```
 
 mod attempt;
+mod keeper;
 mod scheduler;
 mod status;
 mod timers;
@@ -64,6 +65,10 @@ pub use status::{JobStatus, NodeStatus};
 /// that may pass (the error is returned after the last one).
 const SUBMIT_TRIES: u32 = 4;
 
+/// Longest pause between two looks at the store while waiting for a job
+/// another executor runs.
+const WAIT_POLL: Duration = Duration::from_millis(100);
+
 /// Executor settings. The defaults are the original design's:
 /// 10 concurrent nodes, 3 attempts, 300 s maximum retry delay, 3600 s job
 /// timeout.
@@ -88,6 +93,41 @@ pub struct ExecutorConfig {
     pub store_retry_initial: Duration,
     /// Cap of the store-append retry delay.
     pub store_retry_max: Duration,
+    /// How this executor holds the leases of the jobs it runs.
+    pub lease: LeaseConfig,
+}
+
+/// How an executor leases jobs (see [`crate::store::lease`]). Several
+/// executors — in one process or many — can share a store: each job runs
+/// in the one that holds its lease, and a job whose holder stops renewing
+/// is taken over by another within about `ttl + heartbeat`.
+#[derive(Clone, Debug)]
+pub struct LeaseConfig {
+    /// This executor's id in leases; unique per executor (the default is
+    /// the process id plus random hex).
+    pub owner: String,
+    /// How long a lease lasts unless renewed. Takeover of a crashed
+    /// executor's jobs happens between `ttl` and `ttl + heartbeat` after its
+    /// last renewal. Must exceed clock skew between processes by far.
+    pub ttl: Duration,
+    /// How often leases are renewed and orphaned or queued jobs claimed;
+    /// well below `ttl` (a third is customary), so one lost heartbeat does
+    /// not lose a lease.
+    pub heartbeat: Duration,
+    /// Most jobs this executor runs at once; submissions beyond it stay
+    /// queued in the store for any executor with room.
+    pub capacity: usize,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            owner: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
+            ttl: Duration::from_secs(15),
+            heartbeat: Duration::from_secs(5),
+            capacity: usize::MAX,
+        }
+    }
 }
 
 impl ExecutorConfig {
@@ -112,6 +152,7 @@ impl Default for ExecutorConfig {
             snapshot_every: 1_000,
             store_retry_initial: Duration::from_millis(100),
             store_retry_max: Duration::from_secs(30),
+            lease: LeaseConfig::default(),
         }
     }
 }
@@ -285,11 +326,19 @@ impl ExecutorBuilder {
 
     /// Starts the scheduler and resumes every unfinished job in the store.
     /// Must be called within a tokio runtime.
+    ///
+    /// On an [exclusive](crate::store::LeaseStore::exclusive) store every
+    /// unfinished job is a dead process's and is taken over at once. On a
+    /// shared store, [`Recovery::All`] makes the executor a member of the
+    /// pool: from now on, every heartbeat, it claims queued jobs and jobs
+    /// whose lease lapsed, up to its capacity.
     pub async fn start(self) -> Result<Executor, ExecutorError> {
-        let unfinished = match self.recovery {
-            Recovery::All => self.store.unfinished_jobs().await?,
-            Recovery::None => Vec::new(),
-            Recovery::Only(ids) => ids,
+        let exclusive = self.store.exclusive();
+        let (unfinished, claim_others) = match self.recovery {
+            Recovery::All if exclusive => (self.store.unfinished_jobs().await?, true),
+            Recovery::All => (Vec::new(), true),
+            Recovery::None => (Vec::new(), false),
+            Recovery::Only(ids) => (ids, false),
         };
         let shared = Arc::new(Shared {
             store: self.store,
@@ -298,15 +347,18 @@ impl ExecutorBuilder {
             config: self.config,
             clock: self.clock,
             events: broadcast::channel(1024).0,
+            leases: keeper::Held::default(),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let task =
             tokio::spawn(scheduler::Scheduler::new(shared.clone(), rx, tx.downgrade()).run());
+        let keeper = tokio::spawn(keeper::run(shared.clone(), tx.downgrade(), claim_others));
         let mut executor = Executor {
             handle: Arc::new(Handle {
                 shared,
                 tx,
                 task,
+                keeper,
                 recovery_failures: Vec::new(),
             }),
         };
@@ -314,7 +366,7 @@ impl ExecutorBuilder {
         // report it and carry on.
         let mut failures = Vec::new();
         for id in unfinished {
-            if let Err(error) = executor.resume(&id).await {
+            if let Err(error) = executor.resume(&id, exclusive).await {
                 tracing::error!(job = %id, %error, "could not resume job; it stays as stored");
                 failures.push(RecoveryFailure { job: id, error });
             }
@@ -336,6 +388,8 @@ pub(crate) struct Shared {
     pub(crate) config: ExecutorConfig,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) events: broadcast::Sender<Arc<Batch>>,
+    /// The leases of the jobs this executor runs.
+    pub(crate) leases: keeper::Held,
 }
 
 impl Shared {
@@ -354,6 +408,8 @@ pub(crate) struct Activation {
     pub(crate) view: JobView,
     pub(crate) dag: Arc<Dag>,
     pub(crate) recovering: bool,
+    /// The fencing token of the lease the executor holds on the job.
+    pub(crate) fence: u64,
 }
 
 /// Commands to the scheduler.
@@ -372,12 +428,17 @@ pub(crate) enum Command {
     Active {
         reply: oneshot::Sender<Vec<JobId>>,
     },
+    /// The job's lease is gone: stop acting on it at once.
+    Lost {
+        job: JobId,
+    },
 }
 
 struct Handle {
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<Command>,
     task: tokio::task::JoinHandle<()>,
+    keeper: tokio::task::JoinHandle<()>,
     recovery_failures: Vec<RecoveryFailure>,
 }
 
@@ -397,6 +458,7 @@ impl Drop for Handle {
     /// store keeps whatever was journaled and the next executor recovers it.
     fn drop(&mut self) {
         self.task.abort();
+        self.keeper.abort();
     }
 }
 
@@ -587,34 +649,42 @@ impl Executor {
             job: id.clone(),
             records,
         }));
-        self.command(Command::Activate(Box::new(Activation {
-            view,
-            dag: Arc::new(dag),
-            recovering: false,
-        })))?;
+        // Run it here if there is room; otherwise it stays queued in the
+        // store for whichever executor has room first.
+        let config = &shared.config.lease;
+        if shared.leases.len() < config.capacity {
+            match shared
+                .store
+                .claim(&id, &config.owner, shared.clock.now(), config.ttl, false)
+                .await
+            {
+                Ok(granted) => {
+                    shared.leases.hold(granted.lease.clone());
+                    self.command(Command::Activate(Box::new(Activation {
+                        view,
+                        dag: Arc::new(dag),
+                        recovering: false,
+                        fence: granted.lease.token,
+                    })))?;
+                }
+                // Another executor claimed it first: it runs there.
+                Err(StoreError::LeaseHeld { .. }) => {}
+                Err(e) => {
+                    // The job is stored and queued; an executor of the pool
+                    // claims it later. Submission succeeded.
+                    tracing::warn!(job = %id, error = %e, "could not claim the submitted job; it stays queued");
+                }
+            }
+        }
         Ok(id)
     }
 
-    /// Loads an unfinished job from the store and hands it to the scheduler.
-    async fn resume(&self, id: &JobId) -> Result<(), ExecutorError> {
-        let shared = self.shared();
-        let view = shared.store.load_view(id).await?;
-        if view.state.is_terminal() {
-            return Ok(());
-        }
-        let dag =
-            Dag::compile(view.spec(), &shared.config.limits, &shared.policies).map_err(|e| {
-                ExecutorError::Store(StoreError::Corrupt {
-                    job: Some(id.clone()),
-                    key: "spec".into(),
-                    message: e.to_string(),
-                })
-            })?;
-        self.command(Command::Activate(Box::new(Activation {
-            view,
-            dag: Arc::new(dag),
-            recovering: true,
-        })))
+    /// Claims an unfinished job (whatever its lease says with `force`) and
+    /// hands it to the scheduler, which resumes it from its journal. A job
+    /// another executor holds is left to it.
+    async fn resume(&self, id: &JobId, force: bool) -> Result<(), ExecutorError> {
+        keeper::claim_and_activate(self.shared(), &self.handle.tx, id, force).await?;
+        Ok(())
     }
 
     fn command(&self, cmd: Command) -> Result<(), ExecutorError> {
@@ -634,21 +704,41 @@ impl Executor {
     /// grace period, dropped; the job ends `cancelled`. Cancelling a finished
     /// job is [`ExecutorError::AlreadyFinished`]; cancelling a job that is
     /// already cancelling is a no-op.
+    ///
+    /// A job another executor runs is cancelled there, at its next lease
+    /// renewal (within one heartbeat); a queued job nobody runs is claimed
+    /// and cancelled here.
     pub async fn cancel(&self, id: &JobId, reason: Option<String>) -> Result<(), ExecutorError> {
         let (reply, rx) = oneshot::channel();
         self.command(Command::Cancel {
             job: id.clone(),
-            reason,
+            reason: reason.clone(),
             reply,
         })?;
         match rx.await.map_err(|_| ExecutorError::ShutDown)? {
             Err(ExecutorError::NotFound(_)) => {
-                // Not active here: it is finished, or unknown.
-                let summary = self.shared().store.summary(id).await?;
-                Err(ExecutorError::AlreadyFinished {
+                // Not active here: finished, unknown, or another executor's.
+                let shared = self.shared();
+                let finished = |state| ExecutorError::AlreadyFinished {
                     job: id.clone(),
-                    state: summary.progress.state,
-                })
+                    state,
+                };
+                let summary = shared.store.summary(id).await?;
+                if summary.progress.state.is_terminal() {
+                    return Err(finished(summary.progress.state));
+                }
+                let request = crate::store::lease::CancelRequest { reason };
+                if !shared.store.request_cancel(id, &request).await? {
+                    let summary = shared.store.summary(id).await?;
+                    return Err(finished(summary.progress.state));
+                }
+                // Its holder acts on the request at its next renewal; if
+                // nobody holds the job, act on it now.
+                if let Err(e) = keeper::claim_and_activate(shared, &self.handle.tx, id, false).await
+                {
+                    tracing::warn!(job = %id, error = %e, "cancel requested; claiming the job to cancel it failed, its next claimer will");
+                }
+                Ok(())
             }
             other => other,
         }
@@ -661,24 +751,31 @@ impl Executor {
             job: id.clone(),
             reply,
         })?;
-        match rx.await.map_err(|_| ExecutorError::ShutDown)? {
-            Some(done) => {
-                let view = done.await.map_err(|_| ExecutorError::ShutDown)?;
-                Ok(JobStatus::from_view(&view, self.shared().clock.now()))
+        if let Some(done) = rx.await.map_err(|_| ExecutorError::ShutDown)? {
+            match done.await {
+                Ok(view) => return Ok(JobStatus::from_view(&view, self.shared().clock.now())),
+                // Dropped without an answer: the job was let go here (its
+                // lease was lost), or the executor stopped.
+                Err(_) if self.handle.task.is_finished() => return Err(ExecutorError::ShutDown),
+                Err(_) => {}
             }
-            None => {
-                let status = self.status(id).await?;
-                if status.state.is_terminal() {
-                    Ok(status)
-                } else {
-                    // Unfinished but not active here: owned by no scheduler of
-                    // this process (e.g. a failed recovery).
-                    Err(ExecutorError::Store(StoreError::Invalid(format!(
-                        "job {id} is {} but not running in this executor",
-                        status.state
-                    ))))
-                }
+        }
+        // Not running here: follow it in the store.
+        let poll = self.shared().config.lease.heartbeat.min(WAIT_POLL);
+        loop {
+            let status = self.status(id).await?;
+            if status.state.is_terminal() {
+                return Ok(status);
             }
+            if self.shared().store.exclusive() && !self.shared().leases.contains(id) {
+                // Nobody else can open this store: unfinished and not
+                // running here means nobody runs it (e.g. a failed recovery).
+                return Err(ExecutorError::Store(StoreError::Invalid(format!(
+                    "job {id} is {} but not running in this executor",
+                    status.state
+                ))));
+            }
+            tokio::time::sleep(poll).await;
         }
     }
 
@@ -690,21 +787,49 @@ impl Executor {
     /// is [`ExecutorError::AlreadyFinished`].
     pub async fn rollback(&self, id: &JobId, reason: Option<String>) -> Result<(), ExecutorError> {
         let shared = self.shared();
-        let mut view = shared.store.load_view(id).await?;
-        match view.state {
+        let summary = shared.store.summary(id).await?;
+        let check = |state: JobState| match state {
             JobState::RolledBack | JobState::RollbackIncomplete => {
-                return Err(ExecutorError::AlreadyFinished {
+                Err(ExecutorError::AlreadyFinished {
                     job: id.clone(),
-                    state: view.state,
+                    state,
                 })
             }
-            s if !s.is_terminal() => {
+            s if !s.is_terminal() => Err(ExecutorError::Busy {
+                job: id.clone(),
+                state: s,
+            }),
+            _ => Ok(()),
+        };
+        check(summary.progress.state)?;
+        // A finished job's lease ended with it; claiming it fences off any
+        // other executor asked to roll it back at the same time.
+        let config = &shared.config.lease;
+        let granted = match shared
+            .store
+            .claim(id, &config.owner, shared.clock.now(), config.ttl, false)
+            .await
+        {
+            Ok(granted) => granted,
+            Err(StoreError::LeaseHeld { .. }) => {
                 return Err(ExecutorError::Busy {
                     job: id.clone(),
-                    state: s,
+                    state: summary.progress.state,
                 })
             }
-            _ => {}
+            Err(e) => return Err(e.into()),
+        };
+        let fence = granted.lease.token;
+        let mut view = match shared.store.load_view(id).await {
+            Ok(view) => view,
+            Err(e) => {
+                let _ = shared.store.release(&granted.lease).await;
+                return Err(e.into());
+            }
+        };
+        if let Err(e) = check(view.state) {
+            let _ = shared.store.release(&granted.lease).await;
+            return Err(e);
         }
         let expected = view.version;
         let record = Record {
@@ -714,24 +839,31 @@ impl Executor {
         };
         view.apply(&record)
             .map_err(|e| ExecutorError::Store(StoreError::Invalid(e.to_string())))?;
-        shared
+        let dag = Dag::compile(view.spec(), &shared.config.limits, &shared.policies)?;
+        if let Err(e) = shared
             .store
             .append(
                 id,
                 expected,
                 std::slice::from_ref(&record),
                 &view.progress(),
+                fence,
             )
-            .await?;
+            .await
+        {
+            let _ = shared.store.release(&granted.lease).await;
+            return Err(e.into());
+        }
         let _ = shared.events.send(Arc::new(Batch {
             job: id.clone(),
             records: vec![record],
         }));
-        let dag = Dag::compile(view.spec(), &shared.config.limits, &shared.policies)?;
+        shared.leases.hold(granted.lease);
         self.command(Command::Activate(Box::new(Activation {
             view,
             dag: Arc::new(dag),
             recovering: false,
+            fence,
         })))
     }
 
@@ -829,8 +961,40 @@ impl Executor {
     }
 
     /// Stops the scheduler now, like dropping the last handle. Running
-    /// attempts are dropped; unfinished jobs resume at the next start.
+    /// attempts are dropped; unfinished jobs resume at the next start. Their
+    /// leases are left to lapse; see [`Executor::stop`] to hand them over at
+    /// once.
     pub fn shutdown(self) {
         self.handle.task.abort();
+        self.handle.keeper.abort();
+    }
+
+    /// Stops like [`Executor::shutdown`], then releases the leases of the
+    /// jobs this executor was running, so that other executors sharing the
+    /// store take them over at their next heartbeat instead of after the
+    /// lease TTL. Attempts in flight are recorded as interrupted by whoever
+    /// resumes the jobs.
+    pub async fn stop(self) {
+        self.handle.task.abort();
+        self.handle.keeper.abort();
+        let shared = self.shared();
+        let held = shared.leases.all();
+        let released =
+            futures::future::join_all(held.iter().map(|l| shared.store.release(l))).await;
+        for (lease, result) in held.iter().zip(released) {
+            match result {
+                Ok(()) => {
+                    shared.leases.forget(&lease.job);
+                }
+                Err(e) => {
+                    tracing::warn!(job = %lease.job, error = %e, "releasing a lease failed; it lapses after its TTL");
+                }
+            }
+        }
+    }
+
+    /// The leases this executor holds now.
+    pub fn leases(&self) -> Vec<crate::store::Lease> {
+        self.shared().leases.all()
     }
 }

@@ -115,7 +115,13 @@ async fn append(
     match jobs[batch.slot].as_ref() {
         Some(job) => {
             store
-                .append(job.id(), job.durable, &batch.records, &batch.progress)
+                .append(
+                    job.id(),
+                    job.durable,
+                    &batch.records,
+                    &batch.progress,
+                    job.fence,
+                )
                 .await
         }
         None => Err(crate::store::StoreError::Invalid("job vanished".into())),
@@ -189,6 +195,8 @@ struct ActiveJob {
     /// append that did land is recognised as an idempotent replay.
     failed: Option<FailedAppend>,
     durable: u64,
+    /// The fencing token of this executor's lease on the job.
+    fence: u64,
     stalled: bool,
     store_failures: u32,
     finishing: bool,
@@ -701,6 +709,12 @@ impl Scheduler {
                 });
                 let _ = reply.send(rx);
             }
+            Command::Lost { job } => {
+                if let Some(&slot) = self.by_id.get(&job) {
+                    tracing::warn!(%job, "lease lost; dropping the job here, its new owner recovers it");
+                    self.release(slot);
+                }
+            }
             Command::Active { reply } => {
                 let mut ids: Vec<JobId> = self.by_id.keys().cloned().collect();
                 ids.sort_unstable();
@@ -714,6 +728,7 @@ impl Scheduler {
             view,
             dag,
             recovering,
+            fence,
         } = a;
         // Terminal jobs are never activated (a rollback request journals
         // `rolling_back` first).
@@ -815,6 +830,7 @@ impl Scheduler {
             post: Vec::new(),
             failed: None,
             durable,
+            fence,
             stalled: false,
             store_failures: 0,
             finishing: false,
@@ -1252,6 +1268,17 @@ impl Scheduler {
                 tracing::error!(%job, expected, actual, "journal conflict; releasing the job");
                 self.release(slot);
             }
+            Err(crate::store::StoreError::Fenced {
+                job,
+                token,
+                current,
+            }) => {
+                // Another executor took the job over (this one was paused or
+                // cut off past its lease): nothing of this batch landed, and
+                // the new owner recovers the job from the journal.
+                tracing::warn!(%job, token, current, "job taken over by another executor; dropping it here");
+                self.release(slot);
+            }
             Err(e) => {
                 let Some(job) = self.jobs[slot].as_mut() else {
                     return;
@@ -1407,6 +1434,7 @@ impl Scheduler {
     fn release(&mut self, slot: usize) -> Option<ActiveJob> {
         let job = self.jobs[slot].take()?;
         job.token.cancel();
+        self.shared.leases.forget(job.id());
         self.by_id.remove(job.id());
         self.free.push(slot);
         Some(job)

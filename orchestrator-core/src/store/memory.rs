@@ -6,16 +6,35 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use foldhash::HashMap;
 
+use super::lease::{
+    sort_claimable, CancelRequest, Claimable, Granted, Lease, LeaseRecord, LeaseStore,
+};
 use super::{check_sequence, Cursor, JobPage, JobQuery, Store, StoreError};
 use crate::journal::{JobSummary, Progress, Record, Snapshot};
-use crate::time::JobId;
+use crate::time::{JobId, Timestamp};
 
 /// Keeps everything in process memory behind one mutex. The lock is never
 /// held across an await (there is none inside), so it cannot stall the
 /// runtime, and every operation is atomic.
-#[derive(Debug, Default)]
+///
+/// A memory store is [exclusive](LeaseStore::exclusive) unless made with
+/// [`MemoryStore::shared`]: executors started on it one after another take
+/// over its jobs at once, as after a restart. Executors that share one
+/// store *at the same time* (to model several processes in a test) need a
+/// shared store, so that they respect each other's leases.
+#[derive(Debug)]
 pub struct MemoryStore {
     jobs: Mutex<HashMap<JobId, Entry>>,
+    exclusive: bool,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            jobs: Mutex::default(),
+            exclusive: true,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -23,12 +42,35 @@ struct Entry {
     summary: JobSummary,
     records: Journal,
     snapshot: Option<Snapshot>,
+    lease: LeaseRecord,
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store that several executors use at the same time, like
+    /// processes sharing a database: not [exclusive](LeaseStore::exclusive).
+    pub fn shared() -> Self {
+        Self {
+            exclusive: false,
+            ..Self::default()
+        }
+    }
+
+    /// Runs `f` on the job's entry, or `NotFound`.
+    fn with_entry<T>(
+        &self,
+        job: &JobId,
+        f: impl FnOnce(&mut Entry) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut jobs = self.lock();
+        let e = jobs
+            .get_mut(job)
+            .ok_or_else(|| StoreError::NotFound { job: job.clone() })?;
+        f(e)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Entry>> {
@@ -67,6 +109,7 @@ impl Store for MemoryStore {
                 summary,
                 records: Journal::from(records),
                 snapshot: None,
+                lease: LeaseRecord::default(),
             },
         );
         Ok(())
@@ -78,12 +121,14 @@ impl Store for MemoryStore {
         expected: u64,
         records: &[Record],
         progress: &Progress,
+        fence: u64,
     ) -> Result<u64, StoreError> {
         check_sequence(job, expected, records)?;
         let mut jobs = self.lock();
         let e = jobs
             .get_mut(job)
             .ok_or_else(|| StoreError::NotFound { job: job.clone() })?;
+        e.lease.check(job, fence)?;
         let actual = e.records.len() as u64;
         if actual != expected {
             let start = expected as usize;
@@ -98,6 +143,9 @@ impl Store for MemoryStore {
             });
         }
         e.records.extend(records);
+        if progress.state.is_terminal() && !e.summary.progress.state.is_terminal() {
+            e.lease.finish();
+        }
         e.summary.progress = *progress;
         e.summary.progress.version = e.records.len() as u64;
         Ok(e.records.len() as u64)
@@ -250,5 +298,74 @@ impl Journal {
     /// Clones of the records in positions `start..end`.
     fn range(&self, start: usize, end: usize) -> Vec<Record> {
         (start..end).filter_map(|i| self.get(i).cloned()).collect()
+    }
+}
+
+#[async_trait]
+impl LeaseStore for MemoryStore {
+    async fn claim(
+        &self,
+        job: &JobId,
+        owner: &str,
+        now: Timestamp,
+        ttl: std::time::Duration,
+        force: bool,
+    ) -> Result<Granted, StoreError> {
+        self.with_entry(job, |e| e.lease.claim(job, owner, now, ttl, force))
+    }
+
+    async fn renew(
+        &self,
+        lease: &Lease,
+        now: Timestamp,
+        ttl: std::time::Duration,
+    ) -> Result<Granted, StoreError> {
+        self.with_entry(&lease.job, |e| e.lease.renew(lease, now, ttl))
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.with_entry(&lease.job, |e| {
+            e.lease.release(lease);
+            Ok(())
+        })
+    }
+
+    async fn lease(&self, job: &JobId) -> Result<LeaseRecord, StoreError> {
+        self.with_entry(job, |e| Ok(e.lease.clone()))
+    }
+
+    async fn claimable(&self, now: Timestamp, limit: usize) -> Result<Vec<Claimable>, StoreError> {
+        let jobs = self.lock();
+        let mut out: Vec<Claimable> = jobs
+            .values()
+            .filter(|e| !e.summary.progress.state.is_terminal() && !e.lease.is_live(now))
+            .map(|e| Claimable {
+                job: e.summary.id.clone(),
+                priority: e.summary.priority,
+                created_at: e.summary.created_at,
+                token: e.lease.token,
+            })
+            .collect();
+        sort_claimable(&mut out);
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn request_cancel(
+        &self,
+        job: &JobId,
+        request: &CancelRequest,
+    ) -> Result<bool, StoreError> {
+        self.with_entry(job, |e| {
+            if e.summary.progress.state.is_terminal() {
+                return Ok(false);
+            }
+            e.lease.cancel = Some(request.clone());
+            Ok(true)
+        })
+    }
+
+    fn exclusive(&self) -> bool {
+        self.exclusive
     }
 }

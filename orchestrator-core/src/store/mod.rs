@@ -29,6 +29,7 @@
 //! Every backend runs the conformance suite in `orchestrator_core::testkit` (feature
 //! `testkit`) unchanged.
 
+pub mod lease;
 mod memory;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,7 @@ use crate::journal::{JobSummary, Progress, Record, Snapshot};
 use crate::state::JobState;
 use crate::time::{JobId, Timestamp};
 
+pub use lease::{Lease, LeaseStore};
 pub use memory::MemoryStore;
 
 /// Backend-neutral store errors, split by what the caller should do.
@@ -69,6 +71,29 @@ pub enum StoreError {
         expected: u64,
         /// The version in the store.
         actual: u64,
+    },
+    /// The writer's fencing token is older than the job's: another process
+    /// took the job over (see [`lease`]). Nothing was written; the writer
+    /// must stop working on the job.
+    #[error("job {job} was taken over: fencing token {token} is stale, the job's is {current}")]
+    Fenced {
+        /// The job.
+        job: JobId,
+        /// The writer's token.
+        token: u64,
+        /// The job's token.
+        current: u64,
+    },
+    /// A claim found the job's lease held by someone, live until
+    /// `expires_at`.
+    #[error("job {job} is leased by {owner} until epoch ms {}", expires_at.0)]
+    LeaseHeld {
+        /// The job.
+        job: JobId,
+        /// The holder.
+        owner: String,
+        /// When the lease lapses unless renewed.
+        expires_at: Timestamp,
     },
     /// The call itself is malformed (records out of sequence, a bad cursor,
     /// a limit out of range). Nothing was written.
@@ -248,21 +273,25 @@ pub struct JobPage {
 
 /// Persistence for jobs. See the [module docs](self) for the contract.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: LeaseStore + Send + Sync + 'static {
     /// Creates a job from its summary and first records (seq 1 is
     /// `Submitted`). [`StoreError::AlreadyExists`] if the id is taken; an
     /// identical repeat of a create that already landed succeeds.
     async fn create_job(&self, summary: &JobSummary, records: &[Record]) -> Result<(), StoreError>;
 
     /// Appends `records` (numbered `expected + 1 ..`) if the job's version is
-    /// `expected`, and sets the summary's progress, atomically. Returns the
-    /// new version.
+    /// `expected` and `fence` (the writer's lease token, 0 without a lease)
+    /// is not older than the job's token, and sets the summary's progress,
+    /// atomically. Returns the new version. A stale `fence` is
+    /// [`StoreError::Fenced`], checked before the version. An append that
+    /// makes the job terminal ends its lease (see [`lease`]).
     async fn append(
         &self,
         job: &JobId,
         expected: u64,
         records: &[Record],
         progress: &Progress,
+        fence: u64,
     ) -> Result<u64, StoreError>;
 
     /// Up to `limit` records with seq greater than `after`, in order.

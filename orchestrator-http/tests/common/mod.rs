@@ -42,6 +42,8 @@ impl FlakyStore {
     }
 }
 
+orchestrator_core::forward_lease_store!(FlakyStore => inner);
+
 #[async_trait]
 impl Store for FlakyStore {
     async fn create_job(&self, summary: &JobSummary, records: &[Record]) -> Result<(), StoreError> {
@@ -54,9 +56,12 @@ impl Store for FlakyStore {
         expected: u64,
         records: &[Record],
         progress: &Progress,
+        fence: u64,
     ) -> Result<u64, StoreError> {
         self.check()?;
-        self.inner.append(job, expected, records, progress).await
+        self.inner
+            .append(job, expected, records, progress, fence)
+            .await
     }
     async fn read(&self, job: &JobId, after: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
         self.check()?;
