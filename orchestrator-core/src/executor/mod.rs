@@ -260,14 +260,17 @@ impl Subscription {
     }
 }
 
-/// Which unfinished jobs an executor resumes when it starts.
+/// Which unfinished jobs an executor resumes when it starts, and whether
+/// it takes part in running the store's queued and orphaned jobs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Recovery {
-    /// Every unfinished job in the store: right for a long-running service
-    /// that owns the store.
+    /// Every unfinished job nobody else holds: right for a long-running
+    /// service. On a shared store the executor keeps claiming queued jobs
+    /// and jobs whose lease lapsed, every heartbeat, up to its capacity.
     #[default]
     All,
-    /// None: the executor runs only what is submitted to it.
+    /// None: the executor runs only what is submitted to it (and claims a
+    /// job nobody holds only to cancel it).
     None,
     /// Only these jobs (those of them that are unfinished), e.g. a command
     /// that resumes one job and leaves the others to whoever owns them.
