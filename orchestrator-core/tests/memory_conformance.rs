@@ -58,6 +58,35 @@ mod mutants {
         bug: Bug,
     }
 
+    // Stored policies are not what this wrapper tests: plain delegation.
+    #[async_trait]
+    impl orchestrator_core::store::PolicyStore for Buggy {
+        async fn put_policy(
+            &self,
+            policy: &orchestrator_core::policy::StoredPolicy,
+        ) -> Result<(), StoreError> {
+            self.inner.put_policy(policy).await
+        }
+        async fn get_policy(
+            &self,
+            name: &str,
+            version: Option<u32>,
+        ) -> Result<Option<orchestrator_core::policy::StoredPolicy>, StoreError> {
+            self.inner.get_policy(name, version).await
+        }
+        async fn list_policies(
+            &self,
+        ) -> Result<Vec<orchestrator_core::policy::StoredPolicy>, StoreError> {
+            self.inner.list_policies().await
+        }
+        async fn policy_versions(
+            &self,
+            name: &str,
+        ) -> Result<Vec<orchestrator_core::policy::StoredPolicy>, StoreError> {
+            self.inner.policy_versions(name).await
+        }
+    }
+
     #[async_trait]
     impl Store for Buggy {
         async fn create_job(

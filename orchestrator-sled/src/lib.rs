@@ -132,6 +132,7 @@ mod codec;
 mod commit;
 mod error;
 mod keys;
+mod policy;
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};

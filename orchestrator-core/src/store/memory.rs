@@ -16,6 +16,7 @@ use crate::time::JobId;
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     jobs: Mutex<HashMap<JobId, Entry>>,
+    pub(super) policies: super::policy::MemoryPolicies,
 }
 
 #[derive(Debug)]

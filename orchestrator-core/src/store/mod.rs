@@ -30,6 +30,7 @@
 //! `testkit`) unchanged.
 
 mod memory;
+pub mod policy;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -43,6 +44,7 @@ use crate::state::JobState;
 use crate::time::{JobId, Timestamp};
 
 pub use memory::MemoryStore;
+pub use policy::PolicyStore;
 
 /// Backend-neutral store errors, split by what the caller should do.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,17 @@ pub enum StoreError {
         expected: u64,
         /// The version in the store.
         actual: u64,
+    },
+    /// A stored policy version exists with a different body: versions are
+    /// immutable.
+    #[error(
+        "policy {name}@{version} already exists with a different body; versions are immutable"
+    )]
+    PolicyConflict {
+        /// The policy's name.
+        name: String,
+        /// The version.
+        version: u32,
     },
     /// The call itself is malformed (records out of sequence, a bad cursor,
     /// a limit out of range). Nothing was written.
@@ -247,8 +260,11 @@ pub struct JobPage {
 }
 
 /// Persistence for jobs. See the [module docs](self) for the contract.
+///
+/// A store also keeps stored policies ([`PolicyStore`], a supertrait with
+/// its own contract in [`policy`]).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: PolicyStore + Send + Sync + 'static {
     /// Creates a job from its summary and first records (seq 1 is
     /// `Submitted`). [`StoreError::AlreadyExists`] if the id is taken; an
     /// identical repeat of a create that already landed succeeds.
