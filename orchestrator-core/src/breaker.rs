@@ -739,4 +739,77 @@ mod tests {
         assert!(spec.config().is_ok());
         assert!(serde_json::from_str::<BreakerSpec>(r#"{"treshold": 0.5}"#).is_err());
     }
+
+    proptest::proptest! {
+        /// Any sequence of calls, outcomes, releases and clock steps only
+        /// makes the listed transitions, never admits more trials than
+        /// allowed, and opens only past the threshold.
+        #[test]
+        fn random_operation_sequences_keep_the_invariants(
+            calls in 1u32..6,
+            min in 1u32..6,
+            half in 1u32..4,
+            rate_pct in 1u32..=100,
+            ops in proptest::collection::vec((0u8..4, 0u64..4_000), 1..200),
+        ) {
+            let min = min.min(calls);
+            let spec = BreakerSpec {
+                failure_rate: f64::from(rate_pct) / 100.0,
+                window: Window::Count { calls },
+                min_calls: min,
+                open_for: HumanDuration::from_secs(3),
+                half_open_calls: half,
+                count: default_count(),
+            };
+            let mut b = Breaker::new(spec.config().unwrap());
+            let mut now = 0u64;
+            let mut admitted: Vec<bool> = Vec::new();
+            for (op, step) in ops {
+                now += step;
+                let t = Timestamp(now);
+                let transition = match op {
+                    0 => {
+                        let (a, tr) = b.try_acquire(t);
+                        match a {
+                            Admission::Allowed => admitted.push(false),
+                            Admission::Trial => admitted.push(true),
+                            Admission::Rejected { until } => {
+                                proptest::prop_assert_eq!(until.is_some(), b.state() == Open);
+                            }
+                        }
+                        tr
+                    }
+                    1 | 2 => match admitted.pop() {
+                        Some(trial) => {
+                            let outcome = if op == 1 { Outcome::Success } else { Outcome::Failure };
+                            b.on_result(t, outcome, trial)
+                        }
+                        None => b.poll(t),
+                    },
+                    _ => {
+                        if let Some(trial) = admitted.pop() {
+                            b.release(trial);
+                        }
+                        None
+                    }
+                };
+                if let Some(tr) = transition {
+                    proptest::prop_assert!(matches!(
+                        (tr.from, tr.to),
+                        (Closed, Open) | (Open, HalfOpen) | (HalfOpen, Open) | (HalfOpen, Closed)
+                    ));
+                    proptest::prop_assert_eq!(tr.to, b.state());
+                    if tr.from == Closed {
+                        proptest::prop_assert!(tr.calls >= min && tr.calls <= calls);
+                        proptest::prop_assert!(
+                            f64::from(tr.failures) >= spec.failure_rate * f64::from(tr.calls)
+                        );
+                    }
+                }
+                proptest::prop_assert!(b.trials_in_flight() <= half);
+                proptest::prop_assert_eq!(b.open_until().is_some(), b.state() == Open);
+                proptest::prop_assert!(b.window(t).0 <= calls);
+            }
+        }
+    }
 }

@@ -1643,6 +1643,9 @@ impl Scheduler {
         };
         if let Some(t) = entry.breaker.on_result(self.now, outcome, trial) {
             self.breaker_transitions.push((b, t));
+            // Journal it now, before the outcome's own records: the job
+            // whose attempt moved the breaker may be about to finish.
+            self.journal_breakers();
         } else if trial && outcome == Outcome::Ignored {
             // The trial slot is free again.
             self.unpark(b);
