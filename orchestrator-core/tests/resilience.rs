@@ -400,6 +400,9 @@ async fn unknown_or_conflicting_policies_are_validation_problems() {
     assert_eq!(stored, farm_policy(1, 2));
 }
 
+/// A failed attempt: node, class, and the rule with the runner's class.
+type Seen<'a> = (&'a str, FailureClass, Option<(String, FailureClass)>);
+
 /// One `process` node per rule kind, each failing once and then passing;
 /// the journal shows the class each rule gave the first failure.
 #[cfg(unix)]
@@ -465,7 +468,7 @@ async fn rules_refine_the_process_runner_by_exit_code_regex_signal_and_timeout()
     assert_eq!(status.state, JobState::Succeeded, "{status:?}");
     let records = store.read_all(&id, 0).await.unwrap();
     let nodes = ["code", "regex", "signal", "timeout", "plain"];
-    let mut got: Vec<(&str, FailureClass, Option<(String, FailureClass)>)> = records
+    let mut got: Vec<Seen<'_>> = records
         .iter()
         .filter_map(|r| match &r.event {
             Event::NodeFailed { node, failure, .. } => Some((

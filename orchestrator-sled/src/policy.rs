@@ -102,7 +102,7 @@ impl PolicyStore for SledStore {
 
     async fn list_policies(&self) -> Result<Vec<StoredPolicy>, StoreError> {
         let mut out: Vec<StoredPolicy> = Vec::new();
-        for item in self.policies()?.iter() {
+        for item in &self.policies()? {
             let (k, v) = item.map_err(|e| from_sled(e, "listing policies"))?;
             let p = decode(&k, &v)?;
             match out.last_mut() {
