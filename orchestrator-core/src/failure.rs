@@ -2,8 +2,11 @@
 //! policy can act on.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use crate::classify::FailureEvidence;
 
 /// The class of a failure. Retry policies, dead-lettering and analytics all
 /// key on it, so runners should classify as precisely as they can.
@@ -60,6 +63,17 @@ impl fmt::Display for FailureClass {
 /// boundary) so one chatty runner cannot bloat the journal.
 pub const MAX_FAILURE_MESSAGE: usize = 4 * 1024;
 
+/// Which classification rule refined a failure's class, and the class the
+/// runner had given it (see [`crate::classify`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Classified {
+    /// The rule's name, or `{source}/classify/{index}` for an unnamed one.
+    pub rule: String,
+    /// The class the runner reported.
+    pub runner_class: FailureClass,
+}
+
 /// A classified failure of one attempt.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -68,6 +82,14 @@ pub struct Failure {
     pub class: FailureClass,
     /// A human-readable description, at most [`MAX_FAILURE_MESSAGE`] bytes.
     pub message: String,
+    /// Set when a classification rule changed the runner's class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classified_by: Option<Classified>,
+    /// What the runner saw (exit code, signal, output), for classification
+    /// rules. Never serialized: the executor drops it before journaling.
+    #[serde(skip)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
+    pub evidence: Option<Arc<FailureEvidence>>,
 }
 
 impl Failure {
@@ -82,7 +104,19 @@ impl Failure {
             message.truncate(cut);
             message.push('…');
         }
-        Self { class, message }
+        Self {
+            class,
+            message,
+            classified_by: None,
+            evidence: None,
+        }
+    }
+
+    /// Attaches what the runner saw, for classification rules.
+    #[must_use]
+    pub fn with_evidence(mut self, evidence: FailureEvidence) -> Self {
+        self.evidence = Some(Arc::new(evidence));
+        self
     }
 
     /// A [`FailureClass::Transient`] failure.

@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::breaker::BreakerState;
 use crate::failure::{Failure, FailureClass};
 use crate::spec::JobSpec;
 use crate::state::{
@@ -172,6 +173,23 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Value::is_null")]
         output: Value,
     },
+    /// The circuit breaker of a dependency some of this job's nodes need
+    /// changed state (see [`crate::breaker`]). Informational: breakers live
+    /// in the executor process, so replay changes no state for it.
+    BreakerChanged {
+        /// The dependency.
+        dependency: String,
+        /// The state before.
+        from: BreakerState,
+        /// The state after.
+        to: BreakerState,
+        /// Failures in the window when it opened from closed.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        failures: u32,
+        /// Calls in the window when it opened from closed.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        calls: u32,
+    },
     /// Something needs a person's attention.
     EscalationRequired {
         /// The node concerned, if any.
@@ -224,6 +242,11 @@ impl Event {
             Self::NodeCompensated { .. } => "node.compensated",
             Self::NodeCarriedOver { .. } => "node.carried_over",
             Self::EscalationRequired { .. } => "escalation.required",
+            Self::BreakerChanged { to, .. } => match to {
+                BreakerState::Open => "breaker.opened",
+                BreakerState::HalfOpen => "breaker.half_opened",
+                BreakerState::Closed => "breaker.closed",
+            },
         }
     }
 
@@ -250,7 +273,9 @@ impl Event {
     /// The state-machine event this record drives.
     fn transition(&self) -> Option<Transition> {
         Some(match self {
-            Self::Submitted { .. } | Self::EscalationRequired { .. } => return None,
+            Self::Submitted { .. }
+            | Self::EscalationRequired { .. }
+            | Self::BreakerChanged { .. } => return None,
             Self::Queued => Transition::Job(JobEvent::Enqueue),
             Self::Started => Transition::Job(JobEvent::Start),
             Self::RecoveryStarted => Transition::Job(JobEvent::RecoveryStarted),

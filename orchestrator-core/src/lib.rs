@@ -61,12 +61,15 @@
 //! 4. This crate does no storage or network I/O of its own; time and
 //!    randomness are injectable, so tests are deterministic.
 
+pub mod breaker;
+pub mod classify;
 pub mod code;
 pub mod dag;
 pub mod duration;
 pub mod executor;
 pub mod failure;
 pub mod journal;
+pub mod policy;
 pub mod retry;
 pub mod runner;
 pub mod spec;

@@ -774,13 +774,48 @@ impl Default for RetryDefaults {
     }
 }
 
-/// Custom retry policies by name, for `backoff: {kind: custom, name: …}`.
+/// Custom retry policies by name, for `backoff: {kind: custom, name: …}`,
+/// and the stored policies (`policy: name@version`) a spec may refer to.
+///
+/// Validation stays pure: the executor fetches the stored policies a spec
+/// names from its store and adds them here before validating
+/// ([`PolicyRegistry::add_stored`]).
 #[derive(Clone, Debug, Default)]
 pub struct PolicyRegistry {
     custom: HashMap<String, Arc<dyn RetryPolicy>>,
+    stored: BTreeMap<(String, u32), Arc<crate::policy::StoredPolicy>>,
 }
 
 impl PolicyRegistry {
+    /// Makes a stored policy available to specs (`policy: name@version`,
+    /// or `policy: name` for the highest version added).
+    pub fn add_stored(&mut self, policy: crate::policy::StoredPolicy) {
+        self.stored
+            .insert((policy.name.clone(), policy.version), Arc::new(policy));
+    }
+
+    /// The stored policy a reference names (the highest version for a
+    /// reference without one).
+    pub fn stored(
+        &self,
+        r: &crate::policy::PolicyRef,
+    ) -> Option<&Arc<crate::policy::StoredPolicy>> {
+        match r.version {
+            Some(v) => self.stored.get(&(r.name.clone(), v)),
+            None => self
+                .stored
+                .range((r.name.clone(), 0)..=(r.name.clone(), u32::MAX))
+                .next_back()
+                .map(|(_, p)| p),
+        }
+    }
+
+    /// The stored policy a spec's `policy` string names, if it parses and
+    /// is known.
+    pub fn stored_str(&self, r: &str) -> Option<&Arc<crate::policy::StoredPolicy>> {
+        self.stored(&r.parse().ok()?)
+    }
+
     /// Registers `policy` as `name`, replacing any policy of that name.
     pub fn register(&mut self, name: impl Into<String>, policy: Arc<dyn RetryPolicy>) {
         self.custom.insert(name.into(), policy);

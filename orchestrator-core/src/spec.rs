@@ -31,6 +31,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::breaker::BreakerSpec;
+use crate::classify::ClassifyRule;
 use crate::duration::HumanDuration;
 use crate::retry::RetrySpec;
 
@@ -63,6 +65,18 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub retry: Option<RetrySpec>,
+    /// A stored policy (`name@version`, or `name` for the latest at
+    /// submission) supplying the retry policy and classification rules this
+    /// level leaves out (see [`crate::policy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Default failure classification rules of the job's nodes (see
+    /// [`crate::classify`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classify: Vec<ClassifyRule>,
+    /// Circuit breakers by dependency name (see [`crate::breaker`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub breakers: BTreeMap<String, BreakerSpec>,
     /// Named resource limits: a node naming `pool: browser` runs only while
     /// fewer than `pools["browser"]` of the job's nodes in that pool run.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -116,6 +130,16 @@ pub struct NodeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub retry: Option<RetrySpec>,
+    /// A stored policy overriding the job's (see [`crate::policy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Classification rules overriding the job's (see [`crate::classify`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classify: Option<Vec<ClassifyRule>>,
+    /// The dependency whose circuit breaker gates this node (default: its
+    /// `type`; see [`crate::breaker`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dependency: Option<String>,
     /// Limit for one attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<HumanDuration>,
@@ -302,6 +326,9 @@ impl JobSpec {
             timeout: None,
             max_concurrency: None,
             retry: None,
+            policy: None,
+            classify: Vec::new(),
+            breakers: BTreeMap::new(),
             pools: BTreeMap::new(),
             on_failure: OnFailure::Leave,
         })
@@ -406,6 +433,24 @@ impl JobSpecBuilder {
         self
     }
 
+    /// Uses a stored policy (`name@version` or `name`) by default.
+    pub fn policy(mut self, policy: impl Into<String>) -> Self {
+        self.0.policy = Some(policy.into());
+        self
+    }
+
+    /// Sets the default classification rules.
+    pub fn classify(mut self, rules: impl IntoIterator<Item = ClassifyRule>) -> Self {
+        self.0.classify = rules.into_iter().collect();
+        self
+    }
+
+    /// Configures the circuit breaker of `dependency`.
+    pub fn breaker(mut self, dependency: impl Into<String>, spec: BreakerSpec) -> Self {
+        self.0.breakers.insert(dependency.into(), spec);
+        self
+    }
+
     /// Sets the default retry policy.
     pub fn retry(mut self, retry: RetrySpec) -> Self {
         self.0.retry = Some(retry);
@@ -439,6 +484,9 @@ impl NodeSpec {
             params: Value::Null,
             depends_on: Vec::new(),
             retry: None,
+            policy: None,
+            classify: None,
+            dependency: None,
             timeout: None,
             heartbeat_timeout: None,
             trigger: TriggerRule::AllSuccess,
@@ -461,6 +509,33 @@ impl NodeSpec {
     pub fn depends_on<S: Into<String>>(mut self, ids: impl IntoIterator<Item = S>) -> Self {
         self.depends_on.extend(ids.into_iter().map(Into::into));
         self
+    }
+
+    /// Uses a stored policy (`name@version` or `name`).
+    #[must_use]
+    pub fn policy(mut self, policy: impl Into<String>) -> Self {
+        self.policy = Some(policy.into());
+        self
+    }
+
+    /// Overrides the job's classification rules.
+    #[must_use]
+    pub fn classify(mut self, rules: impl IntoIterator<Item = ClassifyRule>) -> Self {
+        self.classify = Some(rules.into_iter().collect());
+        self
+    }
+
+    /// Names the dependency whose circuit breaker gates this node.
+    #[must_use]
+    pub fn dependency(mut self, dependency: impl Into<String>) -> Self {
+        self.dependency = Some(dependency.into());
+        self
+    }
+
+    /// The dependency whose breaker gates this node: `dependency`, else
+    /// its type.
+    pub fn dependency_name(&self) -> &str {
+        self.dependency.as_deref().unwrap_or(&self.kind)
     }
 
     /// Overrides the retry policy.

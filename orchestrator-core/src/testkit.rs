@@ -72,6 +72,11 @@
 //! longer than [`CASE_TIMEOUT`] instead of hanging. The backend crate needs
 //! no tokio dependency of its own for this.
 
+mod policy;
+pub use policy::{
+    concurrent_policy_puts, policy_latest_and_listing, policy_versions_are_immutable,
+};
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::future::{Future, IntoFuture};
@@ -164,6 +169,10 @@ macro_rules! store_conformance_tests {
             finishing_append_ends_the_lease,
             claimable_orders_by_priority_then_age,
             cancel_requests_reach_the_holder,
+            // Stored policies (testkit/policy.rs).
+            policy_versions_are_immutable,
+            policy_latest_and_listing,
+            concurrent_policy_puts,
         }
     };
 }

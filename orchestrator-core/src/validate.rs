@@ -58,6 +58,10 @@ pub enum ProblemCode {
     TooManyNodes,
     /// A node's params are larger than allowed.
     ParamsTooLarge,
+    /// A failure classification rule is invalid (no condition, a bad regex…).
+    InvalidRule,
+    /// A circuit breaker's settings are invalid.
+    InvalidBreaker,
 }
 
 impl ProblemCode {
@@ -81,6 +85,8 @@ impl ProblemCode {
             Self::UnknownNodeType => "unknown_node_type",
             Self::TooManyNodes => "too_many_nodes",
             Self::ParamsTooLarge => "params_too_large",
+            Self::InvalidRule => "invalid_rule",
+            Self::InvalidBreaker => "invalid_breaker",
         }
     }
 }
@@ -280,6 +286,25 @@ pub(crate) fn check_fields<'a>(
     if let Some(retry) = &spec.retry {
         retry.check("/retry", policies, out);
     }
+    crate::policy::check_reference(
+        spec.policy.as_deref(),
+        spec.retry.is_some(),
+        "",
+        policies,
+        out,
+    );
+    crate::classify::check_rules(&spec.classify, "/classify", out);
+    for (name, breaker) in &spec.breakers {
+        let at = format!("/breakers/{}", escape(name));
+        if name.is_empty() || name.len() > limits.max_id_len {
+            out.push(Problem::new(
+                &at,
+                ProblemCode::InvalidBreaker,
+                format!("a dependency name is 1 to {} bytes", limits.max_id_len),
+            ));
+        }
+        breaker.check(&at, out);
+    }
 
     let mut ids: HashMap<&str, u32> = HashMap::with_capacity(nodes.len());
     let mut duplicates = BTreeSet::new();
@@ -339,6 +364,27 @@ pub(crate) fn check_fields<'a>(
         }
         if let Some(retry) = &node.retry {
             retry.check(&at("retry"), policies, out);
+        }
+        if node.policy.is_some() {
+            crate::policy::check_reference(
+                node.policy.as_deref(),
+                node.retry.is_some(),
+                &format!("/dag_definition/nodes/{i}"),
+                policies,
+                out,
+            );
+        }
+        if let Some(rules) = &node.classify {
+            crate::classify::check_rules(rules, &at("classify"), out);
+        }
+        if let Some(d) = &node.dependency {
+            if d.is_empty() || d.len() > limits.max_id_len {
+                out.push(Problem::new(
+                    at("dependency"),
+                    ProblemCode::InvalidBreaker,
+                    format!("a dependency name is 1 to {} bytes", limits.max_id_len),
+                ));
+            }
         }
         if !node.params.is_null() {
             let size = json_size(&node.params);

@@ -578,8 +578,7 @@ struct Flaky {
     fail_creates: AtomicUsize,
 }
 
-orchestrator_core::forward_lease_store!(Flaky => inner);
-
+orchestrator_core::forward_store_extensions!(Flaky => inner);
 #[async_trait]
 impl Store for Flaky {
     async fn create_job(&self, s: &JobSummary, r: &[Record]) -> Result<(), StoreError> {

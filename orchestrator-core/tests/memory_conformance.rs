@@ -58,8 +58,7 @@ mod mutants {
         bug: Bug,
     }
 
-    orchestrator_core::forward_lease_store!(Buggy => inner);
-
+    orchestrator_core::forward_store_extensions!(Buggy => inner);
     #[async_trait]
     impl Store for Buggy {
         async fn create_job(

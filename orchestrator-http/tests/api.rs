@@ -1038,6 +1038,15 @@ async fn the_openapi_document_is_valid_and_served_where_the_api_is_mounted() {
         .on_failure(orchestrator_core::OnFailure::Rollback)
         .node(orchestrator_core::NodeSpec::new("a", "noop"))
         .build();
+    let mut full = full;
+    full.policy = Some("farm@1".into());
+    full.classify =
+        serde_json::from_value(serde_json::json!([{"exit_codes": [3], "class": "infrastructure"}]))
+            .unwrap();
+    full.breakers.insert(
+        "db".into(),
+        orchestrator_core::breaker::BreakerSpec::default(),
+    );
     let serialized = serde_json::to_value(&full).unwrap();
     let fields: std::collections::BTreeSet<&str> = serialized
         .as_object()

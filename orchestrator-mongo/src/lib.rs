@@ -185,6 +185,7 @@
 
 mod breaker;
 mod error;
+mod policy;
 mod schema;
 mod store;
 

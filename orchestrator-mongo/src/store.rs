@@ -247,10 +247,21 @@ impl MongoStore {
         }
     }
 
+    /// The database (for the stored-policy collection).
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// The stored-policy collection's name, with the collection prefix.
+    pub(crate) fn policy_collection(&self) -> String {
+        let prefix = self.names.jobs.strip_suffix("jobs").unwrap_or_default();
+        format!("{prefix}policies")
+    }
+
     /// Runs one store call: through the circuit breaker, within the
     /// operation timeout, after making sure the collections and indexes
     /// exist.
-    async fn call<T, F>(&self, doing: &str, f: F) -> Result<T, StoreError>
+    pub(crate) async fn call<T, F>(&self, doing: &str, f: F) -> Result<T, StoreError>
     where
         F: std::future::Future<Output = Result<T, StoreError>>,
     {

@@ -145,6 +145,7 @@ mod commit;
 mod error;
 mod keys;
 mod lease;
+mod policy;
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};

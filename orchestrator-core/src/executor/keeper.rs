@@ -125,7 +125,8 @@ pub(crate) async fn activate_granted(
         let _ = shared.store.release(lease).await;
         return Ok(false);
     }
-    let dag = Dag::compile(view.spec(), &shared.config.limits, &shared.policies).map_err(|e| {
+    let policies = shared.resolve_policies(view.spec()).await?;
+    let dag = Dag::compile(view.spec(), &shared.config.limits, &policies).map_err(|e| {
         ExecutorError::Store(StoreError::Corrupt {
             job: Some(lease.job.clone()),
             key: "spec".into(),
@@ -138,6 +139,7 @@ pub(crate) async fn activate_granted(
         dag: Arc::new(dag),
         recovering,
         fence: lease.token,
+        policies,
     })))
     .map_err(|_| ExecutorError::ShutDown)?;
     if let Some(request) = &granted.cancel_requested {

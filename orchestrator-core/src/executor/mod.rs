@@ -95,6 +95,12 @@ pub struct ExecutorConfig {
     pub store_retry_max: Duration,
     /// How this executor holds the leases of the jobs it runs.
     pub lease: LeaseConfig,
+    /// Circuit breakers by dependency name; they win over a job's
+    /// `breakers` (see [`crate::breaker`]).
+    pub breakers: std::collections::BTreeMap<String, crate::breaker::BreakerSpec>,
+    /// A breaker for every dependency neither this nor the job configures
+    /// (none by default).
+    pub default_breaker: Option<crate::breaker::BreakerSpec>,
 }
 
 /// How an executor leases jobs (see [`crate::store::lease`]). Several
@@ -153,6 +159,8 @@ impl Default for ExecutorConfig {
             store_retry_initial: Duration::from_millis(100),
             store_retry_max: Duration::from_secs(30),
             lease: LeaseConfig::default(),
+            breakers: std::collections::BTreeMap::new(),
+            default_breaker: None,
         }
     }
 }
@@ -346,7 +354,7 @@ impl ExecutorBuilder {
         let shared = Arc::new(Shared {
             store: self.store,
             registry: std::sync::RwLock::new(self.registry),
-            policies: self.policies,
+            policies: Arc::new(self.policies),
             config: self.config,
             clock: self.clock,
             events: broadcast::channel(1024).0,
@@ -387,7 +395,7 @@ pub(crate) struct Shared {
     /// Runners by node type. Written only when a code job brings new node
     /// types; read (briefly, never across an await) at validation and spawn.
     pub(crate) registry: std::sync::RwLock<Registry>,
-    pub(crate) policies: PolicyRegistry,
+    pub(crate) policies: Arc<PolicyRegistry>,
     pub(crate) config: ExecutorConfig,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) events: broadcast::Sender<Arc<Batch>>,
@@ -396,6 +404,26 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The policies `spec` may name: the executor's own, plus the stored
+    /// policies it references.
+    pub(crate) async fn resolve_policies(
+        &self,
+        spec: &JobSpec,
+    ) -> Result<Arc<PolicyRegistry>, StoreError> {
+        let shared = self;
+        let refs = crate::policy::references(spec);
+        if refs.is_empty() {
+            return Ok(Arc::clone(&shared.policies));
+        }
+        let mut registry = (*shared.policies).clone();
+        for r in refs {
+            if let Some(p) = shared.store.get_policy(&r.name, r.version).await? {
+                registry.add_stored(p);
+            }
+        }
+        Ok(Arc::new(registry))
+    }
+
     /// The runner registry, for reading. A panic while it was held cannot
     /// leave it half-updated (every write is one map insert), so a poisoned
     /// lock is still consistent.
@@ -413,6 +441,8 @@ pub(crate) struct Activation {
     pub(crate) recovering: bool,
     /// The fencing token of the lease the executor holds on the job.
     pub(crate) fence: u64,
+    /// The custom and stored policies the job's spec may name.
+    pub(crate) policies: Arc<PolicyRegistry>,
 }
 
 /// Commands to the scheduler.
@@ -435,6 +465,35 @@ pub(crate) enum Command {
     Lost {
         job: JobId,
     },
+    Breakers {
+        reply: oneshot::Sender<Vec<BreakerStatus>>,
+    },
+}
+
+/// A circuit breaker as [`Executor::breakers`] reports it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BreakerStatus {
+    /// The dependency it guards.
+    pub dependency: String,
+    /// Its state.
+    pub state: crate::breaker::BreakerState,
+    /// Outcomes in its window.
+    pub calls: u32,
+    /// Failures among them.
+    pub failures: u32,
+    /// When an open breaker starts trials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
+    pub open_until: Option<crate::time::Timestamp>,
+    /// Trial calls running (half-open).
+    pub trials_in_flight: u32,
+    /// Ready nodes waiting for it.
+    pub waiting: usize,
+    /// State changes so far.
+    pub transitions: u64,
+    /// Its settings.
+    pub config: crate::breaker::BreakerSpec,
 }
 
 struct Handle {
@@ -509,10 +568,56 @@ impl Executor {
 
     /// Validates `spec` without submitting it: the problems
     /// [`Executor::submit`] would report, including unknown node types.
+    ///
+    /// Stored policies are not looked up here (this is not async): a spec
+    /// naming one gets `unknown_policy`. [`Executor::check`] looks them up.
     pub fn validate(&self, spec: &JobSpec) -> Result<Dag, ValidationErrors> {
+        self.validate_with(spec, &self.shared().policies)
+    }
+
+    /// Validates `spec` as [`Executor::submit`] would, stored policies
+    /// included (they are read from the store).
+    pub async fn check(&self, spec: &JobSpec) -> Result<Dag, ExecutorError> {
+        let policies = self.resolve_policies(spec).await?;
+        Ok(self.validate_with(spec, &policies)?)
+    }
+
+    /// The executor's custom policies plus the stored policies `spec`
+    /// names, read from the store. A reference the store does not know is
+    /// left out, for validation to report.
+    pub async fn resolve_policies(
+        &self,
+        spec: &JobSpec,
+    ) -> Result<Arc<PolicyRegistry>, StoreError> {
+        self.shared().resolve_policies(spec).await
+    }
+
+    /// The circuit breakers of this executor, by dependency.
+    pub async fn breakers(&self) -> Result<Vec<BreakerStatus>, ExecutorError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Breakers { reply })?;
+        rx.await.map_err(|_| ExecutorError::ShutDown)
+    }
+
+    /// Validates `policy` and stores it (versions are immutable: see
+    /// [`crate::store::PolicyStore`]).
+    pub async fn create_policy(
+        &self,
+        policy: &crate::policy::StoredPolicy,
+    ) -> Result<(), ExecutorError> {
+        policy.check(&self.shared().policies)?;
+        self.shared().store.put_policy(policy).await?;
+        Ok(())
+    }
+
+    fn validate_with(
+        &self,
+        spec: &JobSpec,
+        policies: &PolicyRegistry,
+    ) -> Result<Dag, ValidationErrors> {
         let shared = self.shared();
         let registry = shared.registry();
-        let dag = Dag::compile(spec, &shared.config.limits, &shared.policies);
+        let dag = Dag::compile(spec, &shared.config.limits, policies);
         let mut problems = match &dag {
             Ok(_) => Vec::new(),
             Err(e) => e.0.clone(),
@@ -596,7 +701,12 @@ impl Executor {
         owner: &str,
         extra: Vec<Event>,
     ) -> Result<JobId, ExecutorError> {
-        let dag = self.validate(&spec)?;
+        let mut spec = spec;
+        let policies = self.resolve_policies(&spec).await?;
+        let dag = self.validate_with(&spec, &policies)?;
+        // Journal the versions the references resolved to, so a resumed
+        // or rerun job uses exactly these policies.
+        crate::policy::pin(&mut spec, &policies);
         let shared = self.shared();
         let now = shared.clock.now();
         let header = Arc::new(JobHeader {
@@ -668,6 +778,7 @@ impl Executor {
                         dag: Arc::new(dag),
                         recovering: false,
                         fence: granted.lease.token,
+                        policies,
                     })))?;
                 }
                 // Another executor claimed it first: it runs there.
@@ -842,7 +953,20 @@ impl Executor {
         };
         view.apply(&record)
             .map_err(|e| ExecutorError::Store(StoreError::Invalid(e.to_string())))?;
-        let dag = Dag::compile(view.spec(), &shared.config.limits, &shared.policies)?;
+        // Compiled before anything is journaled: a rollback that could not
+        // start must not leave the job `rolling_back` with nobody running it.
+        let compiled = async {
+            let policies = self.resolve_policies(view.spec()).await?;
+            let dag = Dag::compile(view.spec(), &shared.config.limits, &policies)?;
+            Ok::<_, ExecutorError>((policies, dag))
+        };
+        let (policies, dag) = match compiled.await {
+            Ok(compiled) => compiled,
+            Err(e) => {
+                let _ = shared.store.release(&granted.lease).await;
+                return Err(e);
+            }
+        };
         if let Err(e) = shared
             .store
             .append(
@@ -867,6 +991,7 @@ impl Executor {
             dag: Arc::new(dag),
             recovering: false,
             fence,
+            policies,
         })))
     }
 
@@ -906,7 +1031,8 @@ impl Executor {
         if let Some(from) = from {
             let start = index(from).ok_or_else(|| unknown(from))? as u32;
             // Only `from` needs the graph; the submission compiles it anyway.
-            let dag = Dag::compile(spec_old, &shared.config.limits, &shared.policies)?;
+            let policies = self.resolve_policies(spec_old).await?;
+            let dag = Dag::compile(spec_old, &shared.config.limits, &policies)?;
             let mut seen = vec![false; again.len()];
             let mut stack = vec![start];
             while let Some(v) = stack.pop() {

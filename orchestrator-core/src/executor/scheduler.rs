@@ -28,7 +28,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::attempt::{run_attempt, AttemptLimits};
 use super::timers::Timers;
+use super::BreakerStatus;
 use super::{Activation, Batch, Command, ExecutorError, Shared};
+use crate::breaker::{Admission, Breaker, Outcome, Transition};
+use crate::classify::CompiledRules;
 use crate::dag::Dag;
 use crate::failure::{Failure, FailureClass};
 use crate::journal::{Effect, Event, JobView, NodeView, Progress, Record};
@@ -52,6 +55,8 @@ pub(crate) struct Finished {
     attempt: u32,
     /// Whether this attempt ran the node's compensation.
     compensation: bool,
+    /// The breaker that admitted the attempt, and whether as a trial.
+    breaker: Option<(u32, bool)>,
     result: Result<Value, Failure>,
 }
 
@@ -77,6 +82,11 @@ enum Timer {
         gen: u64,
         node: u32,
         attempt: u32,
+    },
+    /// An open breaker's time is up.
+    Breaker {
+        index: u32,
+        transitions: u64,
     },
 }
 
@@ -211,11 +221,53 @@ struct ActiveJob {
     comp_done: Vec<bool>,
     comp_outstanding: u32,
     comp_policies: HashMap<u32, Arc<dyn RetryPolicy>>,
+    /// Classification rules: the job's default and nodes' overrides.
+    job_rules: Option<Arc<CompiledRules>>,
+    node_rules: HashMap<u32, Arc<CompiledRules>>,
+    /// Per node, the index of its breaker in [`Scheduler::breakers`]
+    /// (`NO_BREAKER` for none); empty when no node has one.
+    node_breaker: Vec<u32>,
+    /// Breaker admissions of nodes dispatched but not yet spawned.
+    admitted: HashMap<u32, (u32, bool)>,
+}
+
+/// No breaker gates the node.
+const NO_BREAKER: u32 = u32::MAX;
+
+/// One dependency's breaker and the nodes waiting on it.
+struct BreakerEntry {
+    name: String,
+    breaker: Breaker,
+    /// Ready nodes held back while the breaker is open (or half-open with
+    /// every trial taken): job slot, generation, node.
+    parked: Vec<(usize, u64, ReadyNode)>,
+    /// Jobs (slot, generation) with nodes gated by this breaker: a
+    /// transition is journaled in each of them.
+    users: Vec<(usize, u64)>,
 }
 
 impl ActiveJob {
     fn id(&self) -> &JobId {
         self.view.id()
+    }
+
+    fn breaker_of(&self, node: u32) -> Option<u32> {
+        self.node_breaker
+            .get(node as usize)
+            .copied()
+            .filter(|&b| b != NO_BREAKER)
+    }
+
+    /// Applies the node's classification rules to a failed attempt (and
+    /// drops the runner's evidence either way).
+    fn classify(&self, node: u32, mut failure: Failure) -> Failure {
+        match self.node_rules.get(&node).or(self.job_rules.as_ref()) {
+            Some(rules) => rules.apply(failure),
+            None => {
+                failure.evidence = None;
+                failure
+            }
+        }
     }
 
     fn policy(&self, node: u32) -> &Arc<dyn RetryPolicy> {
@@ -559,6 +611,11 @@ pub(crate) struct Scheduler {
     dirty_spare: Vec<usize>,
     idle: Vec<usize>,
     batches: Vec<Append>,
+    /// Circuit breakers by dependency, shared by every job of this process.
+    breakers: Vec<BreakerEntry>,
+    breaker_index: HashMap<String, u32>,
+    /// Transitions made this iteration, journaled at its end.
+    breaker_transitions: Vec<(u32, Transition)>,
 }
 
 enum Wake {
@@ -596,6 +653,9 @@ impl Scheduler {
             dirty_spare: Vec::new(),
             idle: Vec::new(),
             batches: Vec::new(),
+            breakers: Vec::new(),
+            breaker_index: HashMap::new(),
+            breaker_transitions: Vec::new(),
         }
     }
 
@@ -619,11 +679,13 @@ impl Scheduler {
                 }
             }
             self.dispatch();
+            self.journal_breakers();
             self.flush().await;
             // A replayed batch may leave newer records pending: journal them
             // now, not at the next unrelated wake-up.
             while !self.dirty.is_empty() {
                 self.dispatch();
+                self.journal_breakers();
                 self.flush().await;
             }
         }
@@ -715,6 +777,28 @@ impl Scheduler {
                     self.release(slot);
                 }
             }
+            Command::Breakers { reply } => {
+                let now = self.now;
+                let out = self
+                    .breakers
+                    .iter()
+                    .map(|e| {
+                        let (calls, failures) = e.breaker.window(now);
+                        BreakerStatus {
+                            dependency: e.name.clone(),
+                            state: e.breaker.state(),
+                            calls,
+                            failures,
+                            open_until: e.breaker.open_until(),
+                            trials_in_flight: e.breaker.trials_in_flight(),
+                            waiting: e.parked.len(),
+                            transitions: e.breaker.transitions(),
+                            config: e.breaker.config().spec().clone(),
+                        }
+                    })
+                    .collect();
+                let _ = reply.send(out);
+            }
             Command::Active { reply } => {
                 let mut ids: Vec<JobId> = self.by_id.keys().cloned().collect();
                 ids.sort_unstable();
@@ -729,6 +813,7 @@ impl Scheduler {
             dag,
             recovering,
             fence,
+            policies,
         } = a;
         // Terminal jobs are never activated (a rollback request journals
         // `rolling_back` first).
@@ -740,7 +825,7 @@ impl Scheduler {
         let compile = |r: Option<&RetrySpec>| -> Arc<dyn RetryPolicy> {
             let default_spec = RetrySpec::default();
             let spec = r.unwrap_or(&default_spec);
-            spec.compile(&shared.config.retry, &shared.policies).unwrap_or_else(|e| {
+            spec.compile(&shared.config.retry, &policies).unwrap_or_else(|e| {
                 tracing::warn!(job = %view.id(), error = %e, "retry policy no longer compiles; falling back to the default");
                 RetrySpec::default()
                     .compile(&shared.config.retry, &shared.policies)
@@ -748,7 +833,8 @@ impl Scheduler {
             })
         };
         // Most jobs use the engine's default policy: share one compiled copy.
-        let default_policy = match spec.retry.as_ref() {
+        let job_policy = spec.policy.as_deref().and_then(|r| policies.stored_str(r));
+        let default_policy = match spec.retry.as_ref().or(job_policy.map(|p| &p.retry)) {
             None => Arc::clone(&self.default_policy),
             Some(r) => compile(Some(r)),
         };
@@ -756,8 +842,13 @@ impl Scheduler {
             .nodes()
             .iter()
             .enumerate()
-            .filter_map(|(i, n)| n.retry.as_ref().map(|r| (i as u32, compile(Some(r)))))
+            .filter(|(_, n)| n.retry.is_some() || n.policy.is_some())
+            .map(|(i, _)| {
+                let (retry, _) = crate::policy::effective(&spec, i, &policies);
+                (i as u32, compile(retry))
+            })
             .collect();
+        let (job_rules, node_rules) = compile_rules(&spec, &policies, view.id());
         let comp_policies = spec
             .nodes()
             .iter()
@@ -841,8 +932,13 @@ impl Scheduler {
             comp_done: Vec::new(),
             comp_outstanding: 0,
             comp_policies,
+            job_rules,
+            node_rules,
+            node_breaker: Vec::new(),
+            admitted: HashMap::new(),
             view,
         };
+        self.attach_breakers(&mut job, slot, gen);
         let now = self.now;
         let mut timeout_in = Some(job_timeout);
         match job.view.state {
@@ -980,6 +1076,7 @@ impl Scheduler {
         }
         self.running -= 1;
         let now = self.now;
+        let f = self.refine_and_feed(f);
         let Some(job) = self.job(f.slot, f.gen) else {
             return;
         };
@@ -1040,6 +1137,7 @@ impl Scheduler {
                 output,
             },
             Err(failure) => {
+                // Already classified by `refine_and_feed`.
                 let retry_in = job.retry_delay(f.node, f.attempt, failure.class, now);
                 Event::NodeFailed {
                     node: f.node,
@@ -1104,6 +1202,16 @@ impl Scheduler {
                     self.mark(slot);
                 }
             }
+            Timer::Breaker { index, transitions } => {
+                let entry = &mut self.breakers[index as usize];
+                if entry.breaker.transitions() != transitions {
+                    return;
+                }
+                if let Some(t) = entry.breaker.poll(now) {
+                    self.breaker_transitions.push((index, t));
+                    self.unpark(index);
+                }
+            }
             Timer::StoreRetry { slot, gen } => {
                 let Some(job) = self.job(slot, gen) else {
                     return;
@@ -1121,6 +1229,7 @@ impl Scheduler {
             let Some(entry) = self.job_heap.pop() else {
                 break;
             };
+            let entry_slot = entry.slot;
             let Some(job) = self.jobs.get_mut(entry.slot).and_then(Option::as_mut) else {
                 continue;
             };
@@ -1139,12 +1248,35 @@ impl Scheduler {
                     .as_ref()
                     .and_then(|p| job.pool_names.get(p).copied());
                 if let Some(p) = pool {
-                    let pool = &mut job.pools[p];
+                    let pool = &job.pools[p];
                     if pool.running >= pool.limit {
-                        pool.parked.push(r);
+                        job.pools[p].parked.push(r);
                         continue;
                     }
-                    pool.running += 1;
+                }
+                // A node whose dependency's breaker is open waits, ready:
+                // no attempt is started or spent.
+                if let Some(b) = job.breaker_of(node).filter(|_| !r.compensation) {
+                    let entry = &mut self.breakers[b as usize];
+                    let (admission, transition) = entry.breaker.try_acquire(now);
+                    if let Some(t) = transition {
+                        self.breaker_transitions.push((b, t));
+                    }
+                    match admission {
+                        Admission::Rejected { .. } => {
+                            entry.parked.push((entry_slot, job.gen, r));
+                            continue;
+                        }
+                        Admission::Allowed => {
+                            job.admitted.insert(node, (b, false));
+                        }
+                        Admission::Trial => {
+                            job.admitted.insert(node, (b, true));
+                        }
+                    }
+                }
+                if let Some(p) = pool {
+                    job.pools[p].running += 1;
                 }
                 let view = &job.view.nodes[node as usize];
                 if r.compensation {
@@ -1433,11 +1565,187 @@ impl Scheduler {
     /// Forgets a job (finished, or no longer ours) and hands it back.
     fn release(&mut self, slot: usize) -> Option<ActiveJob> {
         let job = self.jobs[slot].take()?;
+        for &(b, trial) in job.admitted.values() {
+            self.breakers[b as usize].breaker.release(trial);
+        }
         job.token.cancel();
         self.shared.leases.forget(job.id());
         self.by_id.remove(job.id());
         self.free.push(slot);
         Some(job)
+    }
+
+    /// Finds or creates the breaker of `dependency`: the executor's
+    /// configuration for it, else the job's, else the executor's default.
+    /// A breaker keeps the settings it was created with.
+    fn breaker_for(&mut self, dependency: &str, spec: &crate::JobSpec) -> u32 {
+        if let Some(&b) = self.breaker_index.get(dependency) {
+            return b;
+        }
+        let config = &self.shared.config;
+        let Some(breaker_spec) = config
+            .breakers
+            .get(dependency)
+            .or_else(|| spec.breakers.get(dependency))
+            .or(config.default_breaker.as_ref())
+        else {
+            return NO_BREAKER;
+        };
+        let breaker = match breaker_spec.config() {
+            Ok(c) => Breaker::new(c),
+            Err(e) => {
+                tracing::warn!(dependency, error = %e, "invalid breaker settings; the dependency has no breaker");
+                return NO_BREAKER;
+            }
+        };
+        let b = self.breakers.len() as u32;
+        self.breakers.push(BreakerEntry {
+            name: dependency.to_owned(),
+            breaker,
+            parked: Vec::new(),
+            users: Vec::new(),
+        });
+        self.breaker_index.insert(dependency.to_owned(), b);
+        b
+    }
+
+    /// Links a newly active job's nodes to their dependencies' breakers.
+    fn attach_breakers(&mut self, job: &mut ActiveJob, slot: usize, gen: u64) {
+        let config = &self.shared.config;
+        let spec = Arc::clone(job.view.spec());
+        if self.breakers.is_empty()
+            && spec.breakers.is_empty()
+            && config.breakers.is_empty()
+            && config.default_breaker.is_none()
+        {
+            return;
+        }
+        let n = spec.nodes().len();
+        let mut node_breaker = Vec::new();
+        let mut last: Option<(&str, u32)> = None;
+        for (i, node) in spec.nodes().iter().enumerate() {
+            let dependency = node.dependency_name();
+            let b = match last {
+                Some((d, b)) if d == dependency => b,
+                _ => {
+                    let b = self.breaker_for(dependency, &spec);
+                    last = Some((dependency, b));
+                    b
+                }
+            };
+            if b == NO_BREAKER {
+                continue;
+            }
+            if node_breaker.is_empty() {
+                node_breaker = vec![NO_BREAKER; n];
+            }
+            node_breaker[i] = b;
+            let users = &mut self.breakers[b as usize].users;
+            if !users.contains(&(slot, gen)) {
+                users.push((slot, gen));
+            }
+        }
+        job.node_breaker = node_breaker;
+    }
+
+    /// Classifies a finished attempt's failure with its node's rules, and
+    /// reports the outcome to the breaker that admitted it.
+    fn refine_and_feed(&mut self, mut f: Finished) -> Finished {
+        if !f.compensation {
+            if let Some(job) = self.job(f.slot, f.gen) {
+                if let Err(failure) = f.result {
+                    f.result = Err(job.classify(f.node, failure));
+                }
+            }
+        }
+        let Some((b, trial)) = f.breaker else {
+            return f;
+        };
+        let entry = &mut self.breakers[b as usize];
+        let outcome = match &f.result {
+            Ok(_) => Outcome::Success,
+            Err(failure) if entry.breaker.config().spec().count.contains(&failure.class) => {
+                Outcome::Failure
+            }
+            Err(_) => Outcome::Ignored,
+        };
+        if let Some(t) = entry.breaker.on_result(self.now, outcome, trial) {
+            self.breaker_transitions.push((b, t));
+            // Journal it now, before the outcome's own records: the job
+            // whose attempt moved the breaker may be about to finish.
+            self.journal_breakers();
+        } else if trial && outcome == Outcome::Ignored {
+            // The trial slot is free again.
+            self.unpark(b);
+        }
+        f
+    }
+
+    /// Puts the nodes waiting on breaker `b` back in their jobs' ready
+    /// queues; dispatch asks the breaker again.
+    fn unpark(&mut self, b: u32) {
+        let parked = std::mem::take(&mut self.breakers[b as usize].parked);
+        for (slot, gen, r) in parked {
+            let Some(job) = self.job(slot, gen) else {
+                continue;
+            };
+            if job.view.nodes[r.node.0 as usize].state() == NodeState::Ready {
+                job.ready.push(r);
+                self.mark(slot);
+            }
+        }
+    }
+
+    /// Journals this iteration's breaker transitions in every active job
+    /// gated by the breaker, arms the open timers, and releases waiting
+    /// nodes when trials may start.
+    fn journal_breakers(&mut self) {
+        if self.breaker_transitions.is_empty() {
+            return;
+        }
+        let now = self.now;
+        for (b, t) in std::mem::take(&mut self.breaker_transitions) {
+            let entry = &mut self.breakers[b as usize];
+            tracing::info!(dependency = %entry.name, from = %t.from, to = %t.to, failures = t.failures, calls = t.calls, "circuit breaker changed state");
+            if t.to == crate::breaker::BreakerState::Open {
+                let open_for = entry.breaker.config().spec().open_for.get();
+                let transitions = entry.breaker.transitions();
+                self.timers.insert(
+                    Timer::Breaker {
+                        index: b,
+                        transitions,
+                    },
+                    open_for,
+                );
+            }
+            let name = self.breakers[b as usize].name.clone();
+            let users = std::mem::take(&mut self.breakers[b as usize].users);
+            let mut kept = Vec::with_capacity(users.len());
+            for (slot, gen) in users {
+                let Some(job) = self.job(slot, gen) else {
+                    continue;
+                };
+                kept.push((slot, gen));
+                if job.finishing || job.view.state.is_terminal() {
+                    continue;
+                }
+                job.emit(
+                    now,
+                    Event::BreakerChanged {
+                        dependency: name.clone(),
+                        from: t.from,
+                        to: t.to,
+                        failures: t.failures,
+                        calls: t.calls,
+                    },
+                );
+                self.mark(slot);
+            }
+            self.breakers[b as usize].users = kept;
+            if t.to != crate::breaker::BreakerState::Open {
+                self.unpark(b);
+            }
+        }
     }
 
     fn spawn(&mut self, slot: usize, node: u32, attempt: u32, compensation: bool) {
@@ -1479,6 +1787,13 @@ impl Scheduler {
             ctx = ctx.for_compensation();
         }
         let gen = job.gen;
+        let breaker = if compensation {
+            None
+        } else {
+            self.jobs[slot]
+                .as_mut()
+                .and_then(|j| j.admitted.remove(&node))
+        };
         // Only a missing runner (possible after a restart with a smaller
         // registry) needs the type's name; don't copy it otherwise.
         let missing = runner
@@ -1501,6 +1816,7 @@ impl Scheduler {
                 node,
                 attempt,
                 compensation,
+                breaker,
                 result,
             };
             // No receiver means the executor is gone; the journal keeps what
@@ -1520,6 +1836,50 @@ impl Drop for Scheduler {
             handle.abort();
         }
     }
+}
+
+/// Compiles the classification rules of a job: its default (`classify`, or
+/// its policy's) and every node override. Rules were validated at
+/// submission; a list that no longer compiles is dropped with a warning.
+fn compile_rules(
+    spec: &crate::JobSpec,
+    policies: &crate::PolicyRegistry,
+    id: &JobId,
+) -> (Option<Arc<CompiledRules>>, HashMap<u32, Arc<CompiledRules>>) {
+    let compile = |rules: &[crate::classify::ClassifyRule], source: &str| {
+        CompiledRules::compile(rules, source)
+            .map_err(|e| tracing::warn!(job = %id, error = %e, "classification rules no longer compile; ignored"))
+            .ok()
+    };
+    let job_policy = spec.policy.as_deref().and_then(|r| policies.stored_str(r));
+    let job_rules = if spec.classify.is_empty() {
+        job_policy
+            .filter(|p| !p.classify.is_empty())
+            .and_then(|p| compile(&p.classify, &format!("policy:{}", p.key())))
+    } else {
+        compile(&spec.classify, "job")
+    };
+    // Nodes naming the same policy share one compiled copy.
+    let mut by_policy: HashMap<String, Option<Arc<CompiledRules>>> = HashMap::new();
+    let mut node_rules = HashMap::new();
+    for (i, node) in spec.nodes().iter().enumerate() {
+        if node.classify.is_none() && node.policy.is_none() {
+            continue;
+        }
+        let (_, rules) = crate::policy::effective(spec, i, policies);
+        let compiled = match rules {
+            None => None,
+            Some((rules, source)) if source == "node" => compile(rules, "node"),
+            Some((rules, source)) => by_policy
+                .entry(source.clone())
+                .or_insert_with(|| compile(rules, &source))
+                .clone(),
+        };
+        if let Some(c) = compiled {
+            node_rules.insert(i as u32, c);
+        }
+    }
+    (job_rules, node_rules)
 }
 
 /// The policy of last resort when even the default no longer compiles.

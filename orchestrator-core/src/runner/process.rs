@@ -21,6 +21,7 @@ use tokio::process::{Child, Command};
 use tokio::time::{sleep_until, timeout, Instant, Interval, MissedTickBehavior};
 
 use super::{Heartbeat, RunContext, Runner, MAX_OUTPUT_BYTES};
+use crate::classify::FailureEvidence;
 use crate::failure::{Failure, FailureClass};
 
 use group::ProcessGroup;
@@ -380,7 +381,12 @@ impl Runner for ProcessRunner {
         let (stdout, stdout_cut) = out.render(STREAM_JSON_BUDGET);
         let (stderr, stderr_cut) = err.render(STREAM_JSON_BUDGET);
         if let Some(stop) = stop {
-            return Err(stop_failure(name, stop, elapsed, &stdout, &stderr));
+            let evidence = FailureEvidence {
+                stdout: stdout.clone(),
+                stderr: stderr.clone(),
+                ..FailureEvidence::default()
+            };
+            return Err(stop_failure(name, stop, elapsed, &stdout, &stderr).with_evidence(evidence));
         }
         let status = match status {
             Some(Ok(status)) => status,
@@ -406,7 +412,19 @@ impl Runner for ProcessRunner {
         }
         let (class, what) = self.classify(&params, status);
         let head = format!("`{name}` {what} after {} ms", elapsed.as_millis());
-        Err(Failure::new(class, with_output(head, &stdout, &stderr)))
+        let message = with_output(head, &stdout, &stderr);
+        // What classification rules match on (see `crate::classify`).
+        #[cfg(unix)]
+        let signal = std::os::unix::process::ExitStatusExt::signal(&status);
+        #[cfg(not(unix))]
+        let signal = None;
+        let evidence = FailureEvidence {
+            exit_code: status.code(),
+            signal,
+            stdout,
+            stderr,
+        };
+        Err(Failure::new(class, message).with_evidence(evidence))
     }
 }
 

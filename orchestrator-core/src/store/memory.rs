@@ -26,6 +26,7 @@ use crate::time::{JobId, Timestamp};
 pub struct MemoryStore {
     jobs: Mutex<HashMap<JobId, Entry>>,
     exclusive: bool,
+    pub(super) policies: super::policy::MemoryPolicies,
 }
 
 impl Default for MemoryStore {
@@ -33,6 +34,7 @@ impl Default for MemoryStore {
         Self {
             jobs: Mutex::default(),
             exclusive: true,
+            policies: super::policy::MemoryPolicies::default(),
         }
     }
 }

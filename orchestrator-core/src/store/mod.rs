@@ -31,6 +31,7 @@
 
 pub mod lease;
 mod memory;
+pub mod policy;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -45,6 +46,7 @@ use crate::time::{JobId, Timestamp};
 
 pub use lease::{Lease, LeaseStore};
 pub use memory::MemoryStore;
+pub use policy::PolicyStore;
 
 /// Backend-neutral store errors, split by what the caller should do.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +96,17 @@ pub enum StoreError {
         owner: String,
         /// When the lease lapses unless renewed.
         expires_at: Timestamp,
+    },
+    /// A stored policy version exists with a different body: versions are
+    /// immutable.
+    #[error(
+        "policy {name}@{version} already exists with a different body; versions are immutable"
+    )]
+    PolicyConflict {
+        /// The policy's name.
+        name: String,
+        /// The version.
+        version: u32,
     },
     /// The call itself is malformed (records out of sequence, a bad cursor,
     /// a limit out of range). Nothing was written.
@@ -272,8 +285,11 @@ pub struct JobPage {
 }
 
 /// Persistence for jobs. See the [module docs](self) for the contract.
+///
+/// A store also keeps stored policies ([`PolicyStore`], a supertrait with
+/// its own contract in [`policy`]).
 #[async_trait]
-pub trait Store: LeaseStore + Send + Sync + 'static {
+pub trait Store: LeaseStore + PolicyStore + Send + Sync + 'static {
     /// Creates a job from its summary and first records (seq 1 is
     /// `Submitted`). [`StoreError::AlreadyExists`] if the id is taken; an
     /// identical repeat of a create that already landed succeeds.
@@ -390,4 +406,123 @@ pub fn check_sequence(job: &JobId, expected: u64, records: &[Record]) -> Result<
         }
     }
     Ok(())
+}
+
+/// Implements every store trait but [`Store`] itself — [`LeaseStore`],
+/// [`PolicyStore`] — for a store wrapper by forwarding every method to one
+/// of its fields: for wrappers that add behaviour (faults, metrics,
+/// logging) to the journal methods only, so that they keep compiling as
+/// the store grows.
+///
+/// ```
+/// use orchestrator_core::store::MemoryStore;
+///
+/// struct Logged {
+///     inner: MemoryStore,
+/// }
+/// orchestrator_core::forward_store_extensions!(Logged => inner);
+/// ```
+#[macro_export]
+macro_rules! forward_store_extensions {
+    ($ty:ty => $field:ident) => {
+        #[$crate::__private::async_trait]
+        impl $crate::store::LeaseStore for $ty {
+            async fn claim(
+                &self,
+                job: &$crate::JobId,
+                owner: &str,
+                now: $crate::Timestamp,
+                ttl: ::std::time::Duration,
+                force: bool,
+            ) -> ::std::result::Result<$crate::store::lease::Granted, $crate::StoreError> {
+                self.$field.claim(job, owner, now, ttl, force).await
+            }
+
+            async fn renew(
+                &self,
+                lease: &$crate::store::Lease,
+                now: $crate::Timestamp,
+                ttl: ::std::time::Duration,
+            ) -> ::std::result::Result<$crate::store::lease::Granted, $crate::StoreError> {
+                self.$field.renew(lease, now, ttl).await
+            }
+
+            async fn release(
+                &self,
+                lease: &$crate::store::Lease,
+            ) -> ::std::result::Result<(), $crate::StoreError> {
+                self.$field.release(lease).await
+            }
+
+            async fn lease(
+                &self,
+                job: &$crate::JobId,
+            ) -> ::std::result::Result<$crate::store::lease::LeaseRecord, $crate::StoreError> {
+                self.$field.lease(job).await
+            }
+
+            async fn claimable(
+                &self,
+                now: $crate::Timestamp,
+                limit: usize,
+            ) -> ::std::result::Result<
+                ::std::vec::Vec<$crate::store::lease::Claimable>,
+                $crate::StoreError,
+            > {
+                self.$field.claimable(now, limit).await
+            }
+
+            async fn request_cancel(
+                &self,
+                job: &$crate::JobId,
+                request: &$crate::store::lease::CancelRequest,
+            ) -> ::std::result::Result<bool, $crate::StoreError> {
+                self.$field.request_cancel(job, request).await
+            }
+
+            fn exclusive(&self) -> bool {
+                self.$field.exclusive()
+            }
+        }
+
+        #[$crate::__private::async_trait]
+        impl $crate::store::PolicyStore for $ty {
+            async fn put_policy(
+                &self,
+                policy: &$crate::policy::StoredPolicy,
+            ) -> ::std::result::Result<(), $crate::StoreError> {
+                self.$field.put_policy(policy).await
+            }
+
+            async fn get_policy(
+                &self,
+                name: &str,
+                version: ::std::option::Option<u32>,
+            ) -> ::std::result::Result<
+                ::std::option::Option<$crate::policy::StoredPolicy>,
+                $crate::StoreError,
+            > {
+                self.$field.get_policy(name, version).await
+            }
+
+            async fn list_policies(
+                &self,
+            ) -> ::std::result::Result<
+                ::std::vec::Vec<$crate::policy::StoredPolicy>,
+                $crate::StoreError,
+            > {
+                self.$field.list_policies().await
+            }
+
+            async fn policy_versions(
+                &self,
+                name: &str,
+            ) -> ::std::result::Result<
+                ::std::vec::Vec<$crate::policy::StoredPolicy>,
+                $crate::StoreError,
+            > {
+                self.$field.policy_versions(name).await
+            }
+        }
+    };
 }
