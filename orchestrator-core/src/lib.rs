@@ -49,6 +49,8 @@
 //! | [`code`] | the [`Node`](code::Node) and [`Job`](code::Job) traits: work defined in Rust, no registry or JSON |
 //! | [`runner`] | the [`Runner`] trait, [`RunContext`], [`Registry`], built-in runners |
 //! | [`executor`] | the [`Executor`]: scheduling, limits, retries, timeouts, cancellation, recovery, events |
+//! | [`recovery`] | recovery and escalation records: when `recovery.initiated` / `recovery.completed` / `escalation.required` are journaled |
+//! | [`notify`] | the event envelope, per-sink filters, the [`NotificationSink`](notify::NotificationSink) trait, the dispatcher, the log sink |
 //! | [`duration`], [`time`] | human durations (`"30s"`), injectable clocks, job ids |
 //! | `testkit` | (feature `testkit`) the conformance suite every [`Store`] runs |
 //!
@@ -67,6 +69,8 @@ pub mod duration;
 pub mod executor;
 pub mod failure;
 pub mod journal;
+pub mod notify;
+pub mod recovery;
 pub mod retry;
 pub mod runner;
 pub mod spec;

@@ -265,8 +265,12 @@ impl ActiveJob {
                     continue;
                 }
             };
-            self.pending.push(record);
             self.react(effect);
+            // Pushed last, so it is journaled right after its cause.
+            if let Some(next) = crate::recovery::follow_up(&self.view, &record) {
+                self.scratch.push(next);
+            }
+            self.pending.push(record);
         }
     }
 
@@ -298,6 +302,7 @@ impl ActiveJob {
                 let id = &self.view.spec().nodes()[node as usize].id;
                 self.scratch.push(Event::EscalationRequired {
                     node: Some(node),
+                    cause: Some(crate::recovery::EscalationCause::CompensationDeadLettered),
                     reason: format!(
                         "the compensation of node {id:?} kept failing; it is dead-lettered and the rollback is incomplete"
                     ),
@@ -408,6 +413,7 @@ impl ActiveJob {
                 now,
                 Event::EscalationRequired {
                     node: None,
+                    cause: Some(crate::recovery::EscalationCause::RollbackIncomplete),
                     reason: "the rollback is incomplete: a compensation was dead-lettered".into(),
                 },
             );
