@@ -51,6 +51,7 @@
 //! | [`executor`] | the [`Executor`]: scheduling, limits, retries, timeouts, cancellation, recovery, events |
 //! | [`recovery`] | recovery and escalation records: when `recovery.initiated` / `recovery.completed` / `escalation.required` are journaled |
 //! | [`notify`] | the event envelope, per-sink filters, the [`NotificationSink`](notify::NotificationSink) trait, the dispatcher, the log sink |
+//! | [`analytics`] | recovery statistics over journals: mean time to recovery, share recovered automatically, retries per node type |
 //! | [`duration`], [`time`] | human durations (`"30s"`), injectable clocks, job ids |
 //! | `testkit` | (feature `testkit`) the conformance suite every [`Store`] runs |
 //!
@@ -63,6 +64,7 @@
 //! 4. This crate does no storage or network I/O of its own; time and
 //!    randomness are injectable, so tests are deterministic.
 
+pub mod analytics;
 pub mod code;
 pub mod dag;
 pub mod duration;
