@@ -56,6 +56,7 @@
 //! | [`extract`] | extractors for the spec body and the job id |
 //! | [`query`] | strict parsing of query strings |
 //! | [`events`] | journal pages and the SSE stream |
+//! | [`webhook`] | the webhook notification sink: signed POSTs, retries with backoff, a dead-letter file |
 //! | [`openapi`] | [`ApiDoc`], `/openapi.json`, `/docs`, `/metrics` |
 //! | `api`, `context`, `metrics` | the job handlers and `/health`; request ids, logs and HTTP metrics; the Prometheus registry |
 //!
@@ -81,6 +82,7 @@ pub mod openapi;
 pub mod policy;
 pub mod query;
 pub mod state;
+pub mod webhook;
 
 mod api;
 mod context;
