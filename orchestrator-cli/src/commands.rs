@@ -75,6 +75,7 @@ pub(crate) fn execute(command: Command) -> Result<u8, CliError> {
             Command::Jobs(JobsCommand::Cancel(args)) => cancel(args).await,
             Command::Serve(args) => crate::serve::serve(args).await,
             Command::Token(args) => crate::serve::token(&args),
+            Command::Stats(args) => crate::stats::stats(args).await,
         }
     });
     // Dropping the runtime drops attempts still in flight (after a second
@@ -202,6 +203,7 @@ async fn run(args: RunArgs) -> Result<u8, CliError> {
     let store = open_store(&args.store.store).await?;
     let mut interrupts = install_interrupts()?;
     let executor = start_executor(store.clone(), [], args.exec.config(), &store_name).await?;
+    let notifications = args.notify.start(executor.subscribe(), store.clone())?;
     // Counted before submitting, so a job that ends at once is not missed.
     let others = if args.store.store.is_persistent() {
         store.unfinished_jobs().await?.len()
@@ -234,7 +236,9 @@ async fn run(args: RunArgs) -> Result<u8, CliError> {
         0,
     )
     .await?;
-    finish(&executor, &args.output, display.sink, vec![view]).await
+    let code = finish(&executor, &args.output, display.sink, vec![view]).await;
+    crate::notify::close(notifications).await;
+    code
 }
 
 /// `orchestrator resume`.
