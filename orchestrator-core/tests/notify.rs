@@ -359,3 +359,71 @@ async fn a_stuck_sink_never_stalls_jobs_and_its_drops_are_counted() {
     );
     drop(dispatcher);
 }
+
+#[tokio::test(start_paused = true)]
+async fn escalations_carry_their_cause_and_the_node() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let runner = ScriptedRunner::with_default(Outcome::succeed());
+    runner.script_compensation("b", (0..3).map(|_| Outcome::fail(FailureClass::Transient)));
+    let mut registry = registry(&runner);
+    registry.register("undo", runner.clone());
+    let ex = Executor::builder(store.clone())
+        .registry(registry)
+        .start()
+        .await
+        .unwrap();
+    let pager = Recorder::named("pager");
+    let dispatcher = Dispatcher::start(
+        &ex,
+        vec![Route::new(pager.clone(), "escalation.*".parse().unwrap())],
+    );
+    let undo = |id: &str| node(id).compensate("undo", serde_json::json!({}));
+    let id = ex
+        .submit(spec([undo("a"), undo("b").depends_on(["a"])]), "ops")
+        .await
+        .unwrap();
+    ex.wait(&id).await.unwrap();
+    ex.rollback(&id, None).await.unwrap();
+    assert_eq!(
+        ex.wait(&id).await.unwrap().state,
+        JobState::RollbackIncomplete
+    );
+    dispatcher.close().await;
+    let seen = pager.seen.lock().unwrap().clone();
+    let got: Vec<(Option<&str>, &str)> = seen
+        .iter()
+        .map(|e| (e.node.as_deref(), e.details["cause"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Some("b"), "compensation_dead_lettered"),
+            (None, "rollback_incomplete")
+        ]
+    );
+}
+
+#[test]
+fn the_dead_letter_escalation_names_node_and_cause() {
+    let e = orchestrator_core::recovery::dead_letter_escalation(4, "deploy", "exit code 1");
+    assert_eq!(e.name(), "escalation.required");
+    assert_eq!(e.node(), Some(4));
+    let json = serde_json::to_value(&e).unwrap();
+    assert_eq!(json["cause"], "dead_lettered");
+    assert_eq!(
+        json["reason"],
+        "node \"deploy\" was dead-lettered: exit code 1"
+    );
+    // Journals written before causes existed still decode.
+    let old: Event =
+        serde_json::from_value(serde_json::json!({"type": "escalation_required", "reason": "x"}))
+            .unwrap();
+    assert_eq!(
+        old,
+        Event::EscalationRequired {
+            node: None,
+            cause: None,
+            reason: "x".into()
+        }
+    );
+}
