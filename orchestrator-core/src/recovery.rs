@@ -15,8 +15,8 @@
 //! | kind | initiated when | completed when |
 //! |---|---|---|
 //! | `infrastructure_retry` | a node's attempt failed with class `infrastructure` and a retry is scheduled | the node then succeeds (`succeeded`), or ends otherwise (`failed`, `cancelled`) |
-//! | `restart_resume` | an executor takes an unfinished job back from the store after a restart | the job finishes (outcome from its final state) |
-//! | `takeover` | (reserved) another process takes a job over after its lease expired | as `restart_resume` |
+//! | `restart_resume` | an executor takes an unfinished job back from an exclusive store (sled, an exclusive memory store) after a restart | the job finishes (outcome from its final state) |
+//! | `takeover` | an executor claims a job from a shared store (MongoDB) whose lease lapsed | as `restart_resume` |
 //!
 //! One recovery is open per node and per job at a time: a second
 //! infrastructure failure of a node already recovering, or a second restart
@@ -147,12 +147,13 @@ pub fn stuck_job_escalation(since_ms: u64) -> Event {
 }
 
 /// The recovery record that must follow `record`, given `view`, the job's
-/// fold *including* `record`; `None` when none does. See the module docs for
-/// the rules.
-pub fn follow_up(view: &JobView, record: &Record) -> Option<Event> {
+/// fold *including* `record`; `None` when none does. `resume` is what a
+/// job-wide recovery (`execution.recovering`) is here: `restart_resume` or
+/// `takeover`. See the module docs for the rules.
+pub fn follow_up(view: &JobView, record: &Record, resume: RecoveryKind) -> Option<Event> {
     match &record.event {
         Event::RecoveryStarted if view.recovery.is_none() => Some(Event::RecoveryInitiated {
-            kind: RecoveryKind::RestartResume,
+            kind: resume,
             node: None,
         }),
         Event::Finished { state } => view.recovery.map(|kind| Event::RecoveryCompleted {

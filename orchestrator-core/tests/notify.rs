@@ -427,3 +427,64 @@ fn the_dead_letter_escalation_names_node_and_cause() {
         }
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_job_taken_over_from_a_shared_store_is_a_takeover_recovery() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::shared());
+    let runner = ScriptedRunner::with_default(Outcome::succeed());
+    runner.script("b", [Outcome::hang(), Outcome::succeed()]);
+    // Lease expiry is judged by the executor's clock: make it tokio's
+    // paused one, so the lease lapses without a real wait.
+    let clock = Arc::new(TokioClock(tokio::time::Instant::now()));
+    let executor = |store: &Arc<dyn Store>, runner: &ScriptedRunner| {
+        Executor::builder(store.clone())
+            .registry(registry(runner))
+            .clock(clock.clone())
+            .start()
+    };
+    let first = executor(&store, &runner).await.unwrap();
+    let id = first
+        .submit(spec([node("a"), node("b").depends_on(["a"])]), "a")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    drop(first); // its lease lapses; the other executor claims the job
+
+    let second = executor(&store, &runner).await.unwrap();
+    assert_eq!(second.wait(&id).await.unwrap().state, JobState::Succeeded);
+    let records = store.read_all(&id, 0).await.unwrap();
+    let job_wide: Vec<&Event> = records
+        .iter()
+        .map(|r| &r.event)
+        .filter(|e| {
+            matches!(
+                e,
+                Event::RecoveryInitiated { node: None, .. }
+                    | Event::RecoveryCompleted { node: None, .. }
+            )
+        })
+        .collect();
+    assert_eq!(
+        job_wide,
+        [
+            &Event::RecoveryInitiated {
+                kind: RecoveryKind::Takeover,
+                node: None
+            },
+            &Event::RecoveryCompleted {
+                kind: RecoveryKind::Takeover,
+                node: None,
+                outcome: RecoveryOutcome::Succeeded
+            }
+        ]
+    );
+}
+
+#[derive(Debug)]
+struct TokioClock(tokio::time::Instant);
+
+impl orchestrator_core::Clock for TokioClock {
+    fn now(&self) -> orchestrator_core::Timestamp {
+        orchestrator_core::Timestamp(1_700_000_000_000 + self.0.elapsed().as_millis() as u64)
+    }
+}

@@ -174,6 +174,9 @@ struct Pool {
 struct ActiveJob {
     gen: u64,
     view: JobView,
+    /// What taking this job back is, for `recovery.initiated`: a restart's
+    /// resume on an exclusive store, a takeover on a shared one.
+    resume_kind: crate::recovery::RecoveryKind,
     dag: Arc<Dag>,
     default_policy: Arc<dyn RetryPolicy>,
     node_policies: HashMap<u32, Arc<dyn RetryPolicy>>,
@@ -267,7 +270,7 @@ impl ActiveJob {
             };
             self.react(effect);
             // Pushed last, so it is journaled right after its cause.
-            if let Some(next) = crate::recovery::follow_up(&self.view, &record) {
+            if let Some(next) = crate::recovery::follow_up(&self.view, &record, self.resume_kind) {
                 self.scratch.push(next);
             }
             self.pending.push(record);
@@ -820,6 +823,11 @@ impl Scheduler {
         let durable = view.version;
         let mut job = ActiveJob {
             gen,
+            resume_kind: if self.shared.store.exclusive() {
+                crate::recovery::RecoveryKind::RestartResume
+            } else {
+                crate::recovery::RecoveryKind::Takeover
+            },
             dag,
             default_policy,
             node_policies,
