@@ -197,7 +197,9 @@ async fn a_job_resumed_after_a_restart_is_a_recovery_notified_with_node_names() 
     let stats = dispatcher.close().await;
 
     let seen = recorder.seen.lock().unwrap().clone();
-    let summary: Vec<(&str, Option<&str>, Option<&str>, Option<&str>)> = seen
+    // (type, node, kind, outcome)
+    type Row<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Option<&'a str>);
+    let summary: Vec<Row<'_>> = seen
         .iter()
         .map(|e| {
             (
