@@ -124,6 +124,16 @@ Examples:
   orchestrator token --sub ci-bot --role admin --jwt-secret \"$SECRET\"
   curl -H \"Authorization: Bearer $(orchestrator token --sub alice)\" localhost:8080/api/v1/orchestration/jobs";
 
+const STATS_EXAMPLES: &str = "\
+Examples:
+  orchestrator stats --store sled:.orchestrator
+  orchestrator stats --since 7d --json | jq .mean_time_to_recovery_ms
+  orchestrator stats --since 2025-01-01T00:00:00Z --until 2025-02-01T00:00:00Z --owner alice
+
+A failure is a node with a failed attempt; it is recovered when the node then
+succeeds in the same run. Time to recovery runs from its first failed attempt
+to its success.";
+
 const JOBS_EXAMPLES: &str = "\
 Examples:
   orchestrator jobs list --state running --state recovering
@@ -171,6 +181,10 @@ pub(crate) enum Command {
     /// Mint a JWT for the API from the configured secret.
     #[command(after_help = TOKEN_EXAMPLES)]
     Token(TokenArgs),
+    /// Recovery analytics of the stored jobs: mean time to recovery, the
+    /// share of failures recovered automatically, retries per node type.
+    #[command(after_help = STATS_EXAMPLES)]
+    Stats(crate::stats::StatsArgs),
 }
 
 /// JWT settings shared by `serve` and `token`.
@@ -264,6 +278,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(1024..=1 << 30))]
     pub(crate) max_body_bytes: u64,
+    #[command(flatten)]
+    pub(crate) notify: crate::notify::NotifyArgs,
 }
 
 /// `orchestrator token`.
@@ -368,6 +384,8 @@ pub(crate) struct RunArgs {
     pub(crate) exec: ExecArgs,
     #[command(flatten)]
     pub(crate) output: OutputArgs,
+    #[command(flatten)]
+    pub(crate) notify: crate::notify::NotifyArgs,
 }
 
 /// `orchestrator resume`.

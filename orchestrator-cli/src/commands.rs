@@ -75,6 +75,7 @@ pub(crate) fn execute(command: Command) -> Result<u8, CliError> {
             Command::Jobs(JobsCommand::Cancel(args)) => cancel(args).await,
             Command::Serve(args) => crate::serve::serve(args).await,
             Command::Token(args) => crate::serve::token(&args),
+            Command::Stats(args) => crate::stats::stats(args).await,
         }
     });
     // Dropping the runtime drops attempts still in flight (after a second
@@ -202,6 +203,7 @@ async fn run(args: RunArgs) -> Result<u8, CliError> {
     let store = open_store(&args.store.store).await?;
     let mut interrupts = install_interrupts()?;
     let executor = start_executor(store.clone(), [], args.exec.config(), &store_name).await?;
+    let notifications = args.notify.start(executor.subscribe(), store.clone())?;
     // Counted before submitting, so a job that ends at once is not missed.
     let others = if args.store.store.is_persistent() {
         store.unfinished_jobs().await?.len()
@@ -234,7 +236,9 @@ async fn run(args: RunArgs) -> Result<u8, CliError> {
         0,
     )
     .await?;
-    finish(&executor, &args.output, display.sink, vec![view]).await
+    let code = finish(&executor, &args.output, display.sink, vec![view]).await;
+    crate::notify::close(notifications).await;
+    code
 }
 
 /// `orchestrator resume`.
@@ -628,11 +632,33 @@ async fn cancel(args: CancelArgs) -> Result<u8, CliError> {
         });
     }
     let mut interrupts = install_interrupts()?;
-    // The job is not running anywhere else: an embedded store is opened by
-    // one process at a time. So this process takes the job over, cancels
-    // it, and waits until the cancellation is journaled to the end.
-    // (A store shared by several processes will need the job's owner to do
-    // this instead, through leases.)
+    let reason = args
+        .reason
+        .unwrap_or_else(|| "cancelled with `orchestrator jobs cancel`".to_owned());
+    // The request is stored first: whoever takes the job next — this
+    // process, just below — cancels it as it takes it, before an attempt
+    // interrupted by a crash could be retried.
+    let request = orchestrator_core::store::lease::CancelRequest {
+        reason: Some(reason),
+    };
+    if !store
+        .request_cancel(&args.job, &request)
+        .await
+        .map_err(|e| CliError::from_store(e, &store_name))?
+    {
+        let summary = store
+            .summary(&args.job)
+            .await
+            .map_err(|e| CliError::from_store(e, &store_name))?;
+        return Err(CliError::AlreadyFinished {
+            job: args.job,
+            state: summary.progress.state,
+            action: "cancel",
+        });
+    }
+    // An embedded store is opened by one process at a time, so the job is
+    // not running anywhere else: this process takes it over (cancelling
+    // it) and waits until the cancellation is journaled to the end.
     let executor = start_executor(
         store,
         [args.job.clone()],
@@ -640,20 +666,6 @@ async fn cancel(args: CancelArgs) -> Result<u8, CliError> {
         &store_name,
     )
     .await?;
-    let reason = args
-        .reason
-        .unwrap_or_else(|| "cancelled with `orchestrator jobs cancel`".to_owned());
-    match executor.cancel(&args.job, Some(reason)).await {
-        Ok(()) => {}
-        Err(ExecutorError::AlreadyFinished { job, state }) => {
-            return Err(CliError::AlreadyFinished {
-                job,
-                state,
-                action: "cancel",
-            })
-        }
-        Err(e) => return Err(CliError::from_executor(e, "", &store_name)),
-    }
     let status = tokio::select! {
         status = executor.wait(&args.job) => {
             status.map_err(|e| CliError::from_executor(e, "", &store_name))?

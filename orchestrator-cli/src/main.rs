@@ -59,9 +59,11 @@ mod error;
 mod follow;
 mod graph;
 mod junit;
+mod notify;
 mod plan;
 mod progress;
 mod serve;
+mod stats;
 mod store;
 mod summary;
 

@@ -111,7 +111,7 @@ pub(crate) fn event_line(view: &JobView, record: &Record, base: Timestamp, idw: 
             view.nodes.len(),
             view.failed_nodes()
         ),
-        Event::EscalationRequired { node, reason } => match node {
+        Event::EscalationRequired { node, reason, .. } => match node {
             Some(n) => format!("{}  {reason}", pad(node_id(spec, *n), idw)),
             None => reason.clone(),
         },
@@ -417,7 +417,7 @@ impl Reporter for LiveReporter {
             Event::RecoveryStarted | Event::RecoveryFinished => {
                 self.println(&format!("{}", style(record.event.name()).cyan()));
             }
-            Event::EscalationRequired { node, reason } => self.println(&format!(
+            Event::EscalationRequired { node, reason, .. } => self.println(&format!(
                 "{} {}{reason}",
                 style("escalation required:").red().bold(),
                 node.map(|n| format!("{}: ", self.id(view, n)))

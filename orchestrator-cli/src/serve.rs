@@ -92,10 +92,13 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<u8, CliError> {
     let mut registry = Registry::with_builtins();
     registry.register("process", ProcessRunner::new(process));
 
-    let executor = Executor::builder(store)
+    let builder = Executor::builder(store.clone())
         .recovery(Recovery::All)
         .registry(registry)
-        .config(args.exec.config())
+        .config(args.exec.config());
+    // Subscribed before the start, so the jobs it resumes are notified too.
+    let notifications = args.notify.start(builder.subscribe(), store)?;
+    let executor = builder
         .start()
         .await
         .map_err(|e| CliError::from_executor(e, "", &store_name))?;
@@ -177,6 +180,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<u8, CliError> {
         .map(|j| j.len())
         .unwrap_or(0);
     drop(state);
+    crate::notify::close(notifications).await;
     out.line(&format!(
         "stopped; {unfinished} unfinished job{} journaled, resumed at the next start",
         if unfinished == 1 { "" } else { "s" }

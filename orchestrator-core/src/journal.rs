@@ -22,6 +22,7 @@ use serde_json::Value;
 
 use crate::breaker::BreakerState;
 use crate::failure::{Failure, FailureClass};
+use crate::recovery::{EscalationCause, RecoveryKind, RecoveryOutcome};
 use crate::spec::JobSpec;
 use crate::state::{
     InvalidTransition, JobEffect, JobEvent, JobState, NodeEffect, NodeEvent, NodeMachine, NodeState,
@@ -195,21 +196,50 @@ pub enum Event {
         /// The node concerned, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         node: Option<u32>,
+        /// Why, as a machine-readable cause (absent in journals written
+        /// before causes were recorded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cause: Option<EscalationCause>,
         /// What happened.
         reason: String,
+    },
+    /// An automatic recovery began (see [`crate::recovery`]).
+    RecoveryInitiated {
+        /// What kind of recovery.
+        kind: RecoveryKind,
+        /// The node recovering; absent when the whole job is.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<u32>,
+    },
+    /// An automatic recovery ended (see [`crate::recovery`]).
+    RecoveryCompleted {
+        /// What kind of recovery.
+        kind: RecoveryKind,
+        /// The node that was recovering; absent when the whole job was.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<u32>,
+        /// How it ended.
+        outcome: RecoveryOutcome,
     },
 }
 
 impl Event {
     /// The name used on the event stream, e.g. `execution.started`,
     /// `node.failed`, `recovery.initiated`, `escalation.required`.
+    ///
+    /// A job taken back after a restart journals `execution.recovering` and
+    /// `execution.resumed` (its state changes) and, beside them, the
+    /// `recovery.initiated` / `recovery.completed` pair that notifications
+    /// and analytics follow.
     pub fn name(&self) -> &'static str {
         match self {
             Self::Submitted { .. } => "execution.submitted",
             Self::Queued => "execution.queued",
             Self::Started => "execution.started",
-            Self::RecoveryStarted => "recovery.initiated",
-            Self::RecoveryFinished => "recovery.completed",
+            Self::RecoveryStarted => "execution.recovering",
+            Self::RecoveryFinished => "execution.resumed",
+            Self::RecoveryInitiated { .. } => "recovery.initiated",
+            Self::RecoveryCompleted { .. } => "recovery.completed",
             Self::CancelRequested { .. } => "execution.cancelling",
             Self::TimeoutReached => "execution.timeout_reached",
             Self::Finished { state } => match state {
@@ -265,7 +295,9 @@ impl Event {
             | Self::CompensationFailed { node, .. }
             | Self::NodeCompensated { node, .. }
             | Self::NodeCarriedOver { node, .. } => Some(node),
-            Self::EscalationRequired { node, .. } => node,
+            Self::EscalationRequired { node, .. }
+            | Self::RecoveryInitiated { node, .. }
+            | Self::RecoveryCompleted { node, .. } => node,
             _ => None,
         }
     }
@@ -275,7 +307,9 @@ impl Event {
         Some(match self {
             Self::Submitted { .. }
             | Self::EscalationRequired { .. }
-            | Self::BreakerChanged { .. } => return None,
+            | Self::BreakerChanged { .. }
+            | Self::RecoveryInitiated { .. }
+            | Self::RecoveryCompleted { .. } => return None,
             Self::Queued => Transition::Job(JobEvent::Enqueue),
             Self::Started => Transition::Job(JobEvent::Start),
             Self::RecoveryStarted => Transition::Job(JobEvent::RecoveryStarted),
@@ -435,6 +469,10 @@ pub struct NodeView {
     /// Whether a compensation attempt is in flight.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub compensation_running: bool,
+    /// The automatic recovery of this node that is under way, if any
+    /// (between `recovery.initiated` and `recovery.completed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryKind>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -472,6 +510,10 @@ pub struct JobView {
     /// Whether the job timeout fired (so `Cancelling` ends as `TimedOut`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub timeout_reached: bool,
+    /// The job-wide automatic recovery under way (a resume after a restart),
+    /// if any (between `recovery.initiated` and `recovery.completed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryKind>,
     /// Per node, by index.
     pub nodes: Vec<NodeView>,
     /// How many nodes are in each state, indexed like [`NodeState::ALL`].
@@ -497,6 +539,7 @@ impl JobView {
             finished_at: None,
             cancel_reason: None,
             timeout_reached: false,
+            recovery: None,
             nodes: vec![NodeView::default(); n],
             counts,
         }
@@ -592,6 +635,27 @@ impl JobView {
         }
         let effect = match record.event.transition() {
             None => {
+                // Recovery records change no state, but say which recovery
+                // is open (so the one that follows knows what to close).
+                let opened = match &record.event {
+                    Event::RecoveryInitiated { kind, node } => Some((Some(*kind), *node)),
+                    Event::RecoveryCompleted { node, .. } => Some((None, *node)),
+                    _ => None,
+                };
+                match opened {
+                    Some((open, None)) => self.recovery = open,
+                    Some((open, Some(i))) => {
+                        let Some(node) = self.nodes.get_mut(i as usize) else {
+                            return Err(ReplayError::UnknownNode {
+                                job: job(),
+                                seq: record.seq,
+                                node: i,
+                            });
+                        };
+                        node.recovery = open;
+                    }
+                    None => {}
+                }
                 // A compensation attempt that will be retried changes no
                 // state, but the node's bookkeeping follows it.
                 if let Event::CompensationFailed {

@@ -49,6 +49,9 @@
 //! | [`code`] | the [`Node`](code::Node) and [`Job`](code::Job) traits: work defined in Rust, no registry or JSON |
 //! | [`runner`] | the [`Runner`] trait, [`RunContext`], [`Registry`], built-in runners |
 //! | [`executor`] | the [`Executor`]: scheduling, limits, retries, timeouts, cancellation, recovery, events |
+//! | [`recovery`] | recovery and escalation records: when `recovery.initiated` / `recovery.completed` / `escalation.required` are journaled |
+//! | [`notify`] | the event envelope, per-sink filters, the [`NotificationSink`](notify::NotificationSink) trait, the dispatcher, the log sink |
+//! | [`analytics`] | recovery statistics over journals: mean time to recovery, share recovered automatically, retries per node type |
 //! | [`duration`], [`time`] | human durations (`"30s"`), injectable clocks, job ids |
 //! | `testkit` | (feature `testkit`) the conformance suite every [`Store`] runs |
 //!
@@ -61,6 +64,7 @@
 //! 4. This crate does no storage or network I/O of its own; time and
 //!    randomness are injectable, so tests are deterministic.
 
+pub mod analytics;
 pub mod breaker;
 pub mod classify;
 pub mod code;
@@ -69,7 +73,9 @@ pub mod duration;
 pub mod executor;
 pub mod failure;
 pub mod journal;
+pub mod notify;
 pub mod policy;
+pub mod recovery;
 pub mod retry;
 pub mod runner;
 pub mod spec;

@@ -277,6 +277,7 @@ pub fn run_nodes(nodes: Range<u32>) -> Vec<Event> {
 pub fn note(text: impl Into<String>) -> Event {
     Event::EscalationRequired {
         node: None,
+        cause: None,
         reason: text.into(),
     }
 }

@@ -35,6 +35,7 @@
 //! | `GET /job/{id}` | status: state, progress, nodes | 200, 401, 404, 429 |
 //! | `DELETE /job/{id}` | cancel | 200, 401, 404, 422, 429 |
 //! | `GET /jobs` | list the caller's jobs: filters, cursor or page | 200, 400, 401, 429 |
+//! | `GET /stats` | recovery analytics over the caller's jobs: MTTR, share recovered, retries per node type | 200, 400, 401, 429 |
 //! | `GET /job/{id}/events` | the journal, paged; or live SSE | 200, 400, 401, 404, 429 |
 //! | `POST /job/{id}/retry` | re-run what did not succeed, as a new job | 202, 401, 404, 422, 429 |
 //! | `GET /health` | store and executor status (no token) | 200, 503 |
@@ -56,8 +57,9 @@
 //! | [`extract`] | extractors for the spec body and the job id |
 //! | [`query`] | strict parsing of query strings |
 //! | [`events`] | journal pages and the SSE stream |
+//! | [`webhook`] | the webhook notification sink: signed POSTs, retries with backoff, a dead-letter file |
 //! | [`openapi`] | [`ApiDoc`], `/openapi.json`, `/docs`, `/metrics` |
-//! | `api`, `context`, `metrics` | the job handlers and `/health`; request ids, logs and HTTP metrics; the Prometheus registry |
+//! | `api`, `stats`, `context`, `metrics` | the job handlers and `/health`; request ids, logs and HTTP metrics; the Prometheus registry |
 //!
 //! # Security model
 //!
@@ -81,10 +83,12 @@ pub mod openapi;
 pub mod policy;
 pub mod query;
 pub mod state;
+pub mod webhook;
 
 mod api;
 mod context;
 mod metrics;
+mod stats;
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -112,6 +116,7 @@ pub fn router(state: ApiState) -> Router {
         .route(&at("/job/{job_id}/events"), get(events::events))
         .route(&at("/job/{job_id}/retry"), post(api::retry))
         .route(&at("/jobs"), get(api::list))
+        .route(&at("/stats"), get(stats::stats))
         .route(&at("/health"), get(api::health))
         .route(&at("/metrics"), get(openapi::metrics))
         .route(&at("/openapi.json"), get(openapi::spec))

@@ -56,6 +56,7 @@ impl Modify for BearerAuth {
         crate::api::cancel,
         crate::api::list,
         crate::api::retry,
+        crate::stats::stats,
         crate::events::events,
         crate::api::health,
         metrics,

@@ -235,6 +235,52 @@ pub(crate) fn list_query(raw: Option<&str>) -> Result<(JobQuery, Paging), ApiErr
     Ok((query, paging))
 }
 
+/// Largest `max_jobs` of `GET /stats`.
+pub const MAX_STATS_JOBS: usize = 10_000;
+
+/// Parses `GET /stats` parameters: the jobs to read (owner as given, for the
+/// handler to scope) and how many at most.
+pub(crate) fn stats_query(raw: Option<&str>) -> Result<(JobQuery, usize), ApiError> {
+    let mut p = Params::parse(raw, &["since", "until", "owner", "max_jobs"]);
+    let mut query = JobQuery::default();
+    for (name, slot) in [
+        ("since", &mut query.created_after),
+        ("until", &mut query.created_before),
+    ] {
+        if let Some(raw) = p.one(name) {
+            match parse_time(&raw) {
+                Some(t) => *slot = Some(t),
+                None => p.problem(
+                    name,
+                    "invalid_value",
+                    format!(
+                        "{name} must be an RFC 3339 time or milliseconds since the epoch, got {:?}",
+                        clip(&raw)
+                    ),
+                ),
+            }
+        }
+    }
+    if let Some(owner) = p.one("owner") {
+        if owner.is_empty() || owner.len() > 256 {
+            p.problem(
+                "owner",
+                "invalid_value",
+                "owner must be 1 to 256 bytes".into(),
+            );
+        } else {
+            query.owner = Some(owner);
+        }
+    }
+    let max_jobs = p
+        .number("max_jobs", 1, MAX_STATS_JOBS as u64)
+        .map_or(orchestrator_core::analytics::DEFAULT_MAX_JOBS, |n| {
+            n as usize
+        });
+    p.finish()?;
+    Ok((query, max_jobs))
+}
+
 /// Parses `GET /job/{id}/events` parameters: `(after, limit)`.
 pub(crate) fn events_query(raw: Option<&str>) -> Result<(u64, usize), ApiError> {
     let mut p = Params::parse(raw, &["after", "limit"]);

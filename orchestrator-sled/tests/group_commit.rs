@@ -41,6 +41,7 @@ fn concurrent_appends_share_flushes() {
                         j.append(
                             &*store,
                             [Event::EscalationRequired {
+                                cause: None,
                                 node: None,
                                 reason: format!("round {round}"),
                             }],
@@ -74,6 +75,7 @@ fn concurrent_appends_share_flushes() {
                         j.append(
                             &*store,
                             [Event::EscalationRequired {
+                                cause: None,
                                 node: None,
                                 reason: format!("task round {round}"),
                             }],

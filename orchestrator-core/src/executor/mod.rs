@@ -294,9 +294,21 @@ pub struct ExecutorBuilder {
     policies: PolicyRegistry,
     config: ExecutorConfig,
     clock: Arc<dyn Clock>,
+    events: broadcast::Sender<Arc<Batch>>,
 }
 
 impl ExecutorBuilder {
+    /// A feed of every event the executor will journal, from its start on —
+    /// including the recovery of unfinished jobs during
+    /// [`ExecutorBuilder::start`], which a subscription taken from the
+    /// started [`Executor`] could miss (e.g. for notification sinks).
+    pub fn subscribe(&self) -> Subscription {
+        Subscription {
+            rx: self.events.subscribe(),
+            current: None,
+        }
+    }
+
     /// Sets the runner registry (default: the built-ins).
     pub fn registry(mut self, registry: Registry) -> Self {
         self.registry = registry;
@@ -357,7 +369,7 @@ impl ExecutorBuilder {
             policies: Arc::new(self.policies),
             config: self.config,
             clock: self.clock,
-            events: broadcast::channel(1024).0,
+            events: self.events,
             leases: keeper::Held::default(),
         });
         let (tx, rx) = mpsc::unbounded_channel();
@@ -549,6 +561,7 @@ impl Executor {
             policies: PolicyRegistry::default(),
             config: ExecutorConfig::default(),
             clock: Arc::new(SystemClock),
+            events: broadcast::channel(1024).0,
         }
     }
 

@@ -184,6 +184,9 @@ struct Pool {
 struct ActiveJob {
     gen: u64,
     view: JobView,
+    /// What taking this job back is, for `recovery.initiated`: a restart's
+    /// resume on an exclusive store, a takeover on a shared one.
+    resume_kind: crate::recovery::RecoveryKind,
     dag: Arc<Dag>,
     default_policy: Arc<dyn RetryPolicy>,
     node_policies: HashMap<u32, Arc<dyn RetryPolicy>>,
@@ -317,8 +320,12 @@ impl ActiveJob {
                     continue;
                 }
             };
-            self.pending.push(record);
             self.react(effect);
+            // Pushed last, so it is journaled right after its cause.
+            if let Some(next) = crate::recovery::follow_up(&self.view, &record, self.resume_kind) {
+                self.scratch.push(next);
+            }
+            self.pending.push(record);
         }
     }
 
@@ -350,6 +357,7 @@ impl ActiveJob {
                 let id = &self.view.spec().nodes()[node as usize].id;
                 self.scratch.push(Event::EscalationRequired {
                     node: Some(node),
+                    cause: Some(crate::recovery::EscalationCause::CompensationDeadLettered),
                     reason: format!(
                         "the compensation of node {id:?} kept failing; it is dead-lettered and the rollback is incomplete"
                     ),
@@ -460,6 +468,7 @@ impl ActiveJob {
                 now,
                 Event::EscalationRequired {
                     node: None,
+                    cause: Some(crate::recovery::EscalationCause::RollbackIncomplete),
                     reason: "the rollback is incomplete: a compensation was dead-lettered".into(),
                 },
             );
@@ -905,6 +914,11 @@ impl Scheduler {
         let durable = view.version;
         let mut job = ActiveJob {
             gen,
+            resume_kind: if self.shared.store.exclusive() {
+                crate::recovery::RecoveryKind::RestartResume
+            } else {
+                crate::recovery::RecoveryKind::Takeover
+            },
             dag,
             default_policy,
             node_policies,
