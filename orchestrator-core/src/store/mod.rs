@@ -28,7 +28,11 @@
 //!
 //! Every backend runs the conformance suite in `orchestrator_core::testkit` (feature
 //! `testkit`) unchanged.
+//!
+//! Beyond jobs, a store keeps the dead-letter queue ([`DeadLetterStore`],
+//! module [`dead_letter`]), a supertrait of [`Store`] with its own contract.
 
+pub mod dead_letter;
 pub mod lease;
 mod memory;
 
@@ -43,6 +47,7 @@ use crate::journal::{JobSummary, Progress, Record, Snapshot};
 use crate::state::JobState;
 use crate::time::{JobId, Timestamp};
 
+pub use dead_letter::DeadLetterStore;
 pub use lease::{Lease, LeaseStore};
 pub use memory::MemoryStore;
 
@@ -273,7 +278,7 @@ pub struct JobPage {
 
 /// Persistence for jobs. See the [module docs](self) for the contract.
 #[async_trait]
-pub trait Store: LeaseStore + Send + Sync + 'static {
+pub trait Store: LeaseStore + DeadLetterStore + Send + Sync + 'static {
     /// Creates a job from its summary and first records (seq 1 is
     /// `Submitted`). [`StoreError::AlreadyExists`] if the id is taken; an
     /// identical repeat of a create that already landed succeeds.
