@@ -172,6 +172,46 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Value::is_null")]
         output: Value,
     },
+    /// A node failed for good and is recorded in the dead-letter queue
+    /// (the store's entry is written once this record is durable).
+    DeadLettered {
+        /// Node index.
+        node: u32,
+        /// Why.
+        reason: crate::store::dead_letter::DeadLetterReason,
+    },
+    /// A dead-lettered node is run again, with a fresh attempt budget.
+    DeadLetterRequeued {
+        /// Node index.
+        node: u32,
+        /// Which dead letter of the node (the `n` of its entry id).
+        entry: u32,
+        /// Who asked.
+        by: String,
+    },
+    /// A dead letter is left as it is, for a reason.
+    DeadLetterDiscarded {
+        /// Node index.
+        node: u32,
+        /// Which dead letter of the node (the `n` of its entry id).
+        entry: u32,
+        /// Who decided.
+        by: String,
+        /// Why.
+        reason: String,
+    },
+    /// A finished job runs again (a dead-lettered node was requeued).
+    Reopened {
+        /// Why.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// A node skipped or upstream-failed because of a requeued node waits
+    /// for its upstream nodes again.
+    NodeReset {
+        /// Node index.
+        node: u32,
+    },
     /// Something needs a person's attention.
     EscalationRequired {
         /// The node concerned, if any.
@@ -224,6 +264,11 @@ impl Event {
             Self::NodeCompensated { .. } => "node.compensated",
             Self::NodeCarriedOver { .. } => "node.carried_over",
             Self::EscalationRequired { .. } => "escalation.required",
+            Self::DeadLettered { .. } => "node.dead_lettered",
+            Self::DeadLetterRequeued { .. } => "dead_letter.requeued",
+            Self::DeadLetterDiscarded { .. } => "dead_letter.discarded",
+            Self::Reopened { .. } => "execution.reopened",
+            Self::NodeReset { .. } => "node.reset",
         }
     }
 
@@ -241,7 +286,11 @@ impl Event {
             | Self::CompensationStarted { node, .. }
             | Self::CompensationFailed { node, .. }
             | Self::NodeCompensated { node, .. }
-            | Self::NodeCarriedOver { node, .. } => Some(node),
+            | Self::NodeCarriedOver { node, .. }
+            | Self::DeadLettered { node, .. }
+            | Self::DeadLetterRequeued { node, .. }
+            | Self::DeadLetterDiscarded { node, .. }
+            | Self::NodeReset { node } => Some(node),
             Self::EscalationRequired { node, .. } => node,
             _ => None,
         }
@@ -250,7 +299,13 @@ impl Event {
     /// The state-machine event this record drives.
     fn transition(&self) -> Option<Transition> {
         Some(match self {
-            Self::Submitted { .. } | Self::EscalationRequired { .. } => return None,
+            Self::Submitted { .. }
+            | Self::EscalationRequired { .. }
+            | Self::DeadLettered { .. }
+            | Self::DeadLetterDiscarded { .. } => return None,
+            Self::Reopened { .. } => Transition::Job(JobEvent::Reopen),
+            Self::DeadLetterRequeued { node, .. } => Transition::Node(*node, NodeEvent::Requeue),
+            Self::NodeReset { node } => Transition::Node(*node, NodeEvent::Reset),
             Self::Queued => Transition::Job(JobEvent::Enqueue),
             Self::Started => Transition::Job(JobEvent::Start),
             Self::RecoveryStarted => Transition::Job(JobEvent::RecoveryStarted),
@@ -410,6 +465,13 @@ pub struct NodeView {
     /// Whether a compensation attempt is in flight.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub compensation_running: bool,
+    /// How often the node was dead-lettered (the `n` of its latest entry).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dead_letters: u32,
+    /// Attempts started before its latest requeue: retry policies count
+    /// attempts from here, so a requeued node gets a fresh budget.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt_base: u32,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -567,6 +629,18 @@ impl JobView {
         }
         let effect = match record.event.transition() {
             None => {
+                if let Some(i) = record.event.node() {
+                    let Some(node) = self.nodes.get_mut(i as usize) else {
+                        return Err(ReplayError::UnknownNode {
+                            job: job(),
+                            seq: record.seq,
+                            node: i,
+                        });
+                    };
+                    if let Event::DeadLettered { .. } = record.event {
+                        node.dead_letters += 1;
+                    }
+                }
                 // A compensation attempt that will be retried changes no
                 // state, but the node's bookkeeping follows it.
                 if let Event::CompensationFailed {
@@ -607,6 +681,11 @@ impl JobView {
                     }
                     Event::TimeoutReached => self.timeout_reached = true,
                     Event::Finished { .. } => self.finished_at = Some(record.at),
+                    Event::Reopened { .. } => {
+                        // The job timeout counts from the reopening.
+                        self.started_at = Some(record.at);
+                        self.finished_at = None;
+                    }
                     _ => {}
                 }
                 Effect::Job(effect)
@@ -669,6 +748,13 @@ impl JobView {
                         node.last_error = Some(failure.clone());
                     }
                     Event::NodeCompensated { .. } => node.compensation_running = false,
+                    Event::DeadLetterRequeued { .. } => {
+                        node.attempt_base = node.machine.attempts;
+                        node.first_started_at = None;
+                        node.finished_at = None;
+                        node.retry_at = None;
+                    }
+                    Event::NodeReset { .. } => node.finished_at = None,
                     _ => {}
                 }
                 self.counts[state_index(before)] -= 1;

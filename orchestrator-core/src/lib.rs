@@ -80,7 +80,8 @@ pub mod validate;
 pub use dag::Dag;
 pub use duration::HumanDuration;
 pub use executor::{
-    Executor, ExecutorConfig, ExecutorError, JobStatus, LeaseConfig, NodeStatus, Recovery,
+    DeadLetterError, Executor, ExecutorConfig, ExecutorError, JobStatus, LeaseConfig, NodeStatus,
+    Recovery,
     RecoveryFailure,
 };
 pub use failure::{Failure, FailureClass};
