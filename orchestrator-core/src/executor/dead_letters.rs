@@ -8,6 +8,34 @@
 //! from the journal ([`dead_letter::from_journal`]) by recovery, or by
 //! repeating the operation, which then completes and answers as the first
 //! call would have.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use orchestrator_core::runner::{Outcome, ScriptedRunner};
+//! use orchestrator_core::store::dead_letter::{DeadLetterQuery, DeadLetterReason};
+//! use orchestrator_core::{Executor, FailureClass, JobSpec, JobState, MemoryStore, NodeSpec, Registry};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let runner = ScriptedRunner::new();
+//! runner.script("deploy", [Outcome::fail(FailureClass::Permanent)]); // then it passes
+//! let mut registry = Registry::with_builtins();
+//! registry.register("scripted", runner);
+//! let executor = Executor::builder(Arc::new(MemoryStore::new())).registry(registry).start().await?;
+//! let spec = JobSpec::builder("release")
+//!     .node(NodeSpec::new("deploy", "scripted"))
+//!     .node(NodeSpec::new("smoke", "noop").depends_on(["deploy"]))
+//!     .build();
+//! let id = executor.submit(spec, "alice").await?;
+//! assert_eq!(executor.wait(&id).await?.state, JobState::Failed);
+//!
+//! let page = executor.dead_letters(&DeadLetterQuery::default()).await?;
+//! let entry = &page.dead_letters[0];
+//! assert_eq!((entry.node.as_str(), entry.reason), ("deploy", DeadLetterReason::NonRetryable));
+//! executor.requeue(&entry.id, "alice").await?;
+//! // `deploy` runs again, then `smoke`, which never ran the first time.
+//! assert_eq!(executor.wait(&id).await?.state, JobState::Succeeded);
+//! # Ok(()) }
+//! ```
 
 use std::sync::Arc;
 use std::time::Duration;
