@@ -470,6 +470,8 @@ impl DeadLetterStore for NoDeadLetters {
     }
 }
 
+orchestrator_core::forward_lease_store!(NoDeadLetters => inner);
+
 #[async_trait]
 impl Store for NoDeadLetters {
     async fn create_job(&self, s: &JobSummary, r: &[Record]) -> Result<(), StoreError> {
@@ -481,8 +483,11 @@ impl Store for NoDeadLetters {
         expected: u64,
         records: &[Record],
         progress: &Progress,
+        fence: u64,
     ) -> Result<u64, StoreError> {
-        self.inner.append(job, expected, records, progress).await
+        self.inner
+            .append(job, expected, records, progress, fence)
+            .await
     }
     async fn read(&self, job: &JobId, after: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
         self.inner.read(job, after, limit).await

@@ -60,34 +60,7 @@ mod mutants {
 
     orchestrator_core::forward_lease_store!(Buggy => inner);
 
-    #[async_trait]
-    impl orchestrator_core::store::DeadLetterStore for Buggy {
-        async fn put_dead_letter(
-            &self,
-            e: &orchestrator_core::store::dead_letter::DeadLetter,
-        ) -> Result<(), StoreError> {
-            self.inner.put_dead_letter(e).await
-        }
-        async fn dead_letter(
-            &self,
-            id: &orchestrator_core::store::dead_letter::DeadLetterId,
-        ) -> Result<Option<orchestrator_core::store::dead_letter::DeadLetter>, StoreError> {
-            self.inner.dead_letter(id).await
-        }
-        async fn list_dead_letters(
-            &self,
-            q: &orchestrator_core::store::dead_letter::DeadLetterQuery,
-        ) -> Result<orchestrator_core::store::dead_letter::DeadLetterPage, StoreError> {
-            self.inner.list_dead_letters(q).await
-        }
-        async fn resolve_dead_letter(
-            &self,
-            id: &orchestrator_core::store::dead_letter::DeadLetterId,
-            r: &orchestrator_core::store::dead_letter::Resolution,
-        ) -> Result<orchestrator_core::store::dead_letter::Resolve, StoreError> {
-            self.inner.resolve_dead_letter(id, r).await
-        }
-    }
+    orchestrator_core::forward_dead_letter_store!(Buggy => inner);
 
     #[async_trait]
     impl Store for Buggy {

@@ -255,10 +255,77 @@ impl Executor {
         let checked = self
             .check_dead_letter(id, |r| r.status == DeadLetterStatus::Requeued && r.by == by)
             .await?;
-        let Checked { mut view, entry } = match checked {
+        let Checked { view, entry } = match checked {
             Ok(c) => c,
             Err(()) => return Ok(id.job.clone()),
         };
+        if !view.state.is_terminal() {
+            return Err(ExecutorError::Busy {
+                job: id.job.clone(),
+                state: view.state,
+            });
+        }
+        // A finished job's lease ended with it; claiming it fences off any
+        // other executor asked to requeue or roll it back at the same time.
+        let lease = self.claim_finished(&id.job, view.state).await?;
+        match self.requeue_leased(id, by, &entry, lease.token).await {
+            Ok(activation) => {
+                shared.leases.hold(lease);
+                self.command(Command::Activate(Box::new(activation)))?;
+            }
+            Err(e) => {
+                let _ = shared.store.release(&lease).await;
+                return Err(e);
+            }
+        }
+        // The activated job re-writes its entries from the journal (and
+        // does not finish before they are written), so a failure here only
+        // delays the entry's new status.
+        let resolution = Resolution {
+            status: DeadLetterStatus::Requeued,
+            by: by.to_owned(),
+            at: shared.clock.now(),
+            reason: None,
+        };
+        if let Err(error) = self.resolve_stored(&entry, resolution).await {
+            tracing::warn!(dead_letter = %id, %error, "requeued; the entry is updated later");
+        }
+        Ok(id.job.clone())
+    }
+
+    /// Claims a finished job's lease; a job leased by someone else is busy.
+    async fn claim_finished(
+        &self,
+        job: &JobId,
+        state: JobState,
+    ) -> Result<crate::store::Lease, ExecutorError> {
+        let shared = self.shared();
+        let config = &shared.config.lease;
+        match shared
+            .store
+            .claim(job, &config.owner, shared.clock.now(), config.ttl, false)
+            .await
+        {
+            Ok(granted) => Ok(granted.lease),
+            Err(StoreError::LeaseHeld { .. }) => Err(ExecutorError::Busy {
+                job: job.clone(),
+                state,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The journaling part of [`Executor::requeue`], under the job's lease
+    /// (`fence`): checks the job as it is now and journals the requeue.
+    async fn requeue_leased(
+        &self,
+        id: &DeadLetterId,
+        by: &str,
+        entry: &DeadLetter,
+        fence: u64,
+    ) -> Result<Activation, ExecutorError> {
+        let shared = self.shared();
+        let mut view = shared.store.load_view(&id.job).await?;
         let refuse = |why: String| -> ExecutorError {
             DeadLetterError::NotRequeueable {
                 id: id.clone(),
@@ -270,12 +337,6 @@ impl Executor {
             return Err(refuse(
                 "it is a failed compensation; roll the job back again instead".into(),
             ));
-        }
-        if !view.state.is_terminal() {
-            return Err(ExecutorError::Busy {
-                job: id.job.clone(),
-                state: view.state,
-            });
         }
         if view.state != JobState::Failed {
             return Err(refuse(format!(
@@ -310,7 +371,6 @@ impl Executor {
             }
         }
         reset.sort_unstable();
-        let now = shared.clock.now();
         let mut events = vec![
             Event::Reopened {
                 reason: Some(format!("dead letter {id} requeued by {by}")),
@@ -323,31 +383,20 @@ impl Executor {
         ];
         events.extend(reset.into_iter().map(|node| Event::NodeReset { node }));
         let expected = view.version;
+        let now = shared.clock.now();
         let records = self
-            .journal_direct(&mut view, expected, events, now)
+            .journal_direct(&mut view, expected, events, now, fence)
             .await?;
         let _ = shared.events.send(Arc::new(Batch {
             job: id.job.clone(),
             records,
         }));
-        self.command(Command::Activate(Box::new(Activation {
+        Ok(Activation {
             view,
             dag: Arc::new(dag),
             recovering: false,
-        })))?;
-        // The activated job re-writes its entries from the journal (and
-        // does not finish before they are written), so a failure here only
-        // delays the entry's new status.
-        let resolution = Resolution {
-            status: DeadLetterStatus::Requeued,
-            by: by.to_owned(),
-            at: now,
-            reason: None,
-        };
-        if let Err(error) = self.resolve_stored(&entry, resolution).await {
-            tracing::warn!(dead_letter = %id, %error, "requeued; the entry is updated later");
-        }
-        Ok(id.job.clone())
+            fence,
+        })
     }
 
     /// Leaves a dead letter as it is: journals `dead_letter.discarded` on its
@@ -402,12 +451,21 @@ impl Executor {
                 Some(v) => v,
                 None => shared.store.load_view(&id.job).await?,
             };
+            if !v.state.is_terminal() {
+                // Unfinished and not running here: another executor owns it.
+                return Err(ExecutorError::Busy {
+                    job: id.job.clone(),
+                    state: v.state,
+                });
+            }
+            let lease = self.claim_finished(&id.job, v.state).await?;
             let now = shared.clock.now();
             let expected = v.version;
-            match self
-                .journal_direct(&mut v, expected, vec![event.clone()], now)
-                .await
-            {
+            let appended = self
+                .journal_direct(&mut v, expected, vec![event.clone()], now, lease.token)
+                .await;
+            let _ = shared.store.release(&lease).await;
+            match appended {
                 Ok(records) => {
                     let _ = shared.events.send(Arc::new(Batch {
                         job: id.job.clone(),
@@ -440,6 +498,7 @@ impl Executor {
         expected: u64,
         events: Vec<Event>,
         now: crate::time::Timestamp,
+        fence: u64,
     ) -> Result<Vec<Record>, ExecutorError> {
         let mut records = Vec::with_capacity(events.len());
         for event in events {
@@ -454,7 +513,7 @@ impl Executor {
         }
         self.shared()
             .store
-            .append(&view.header.id, expected, &records, &view.progress())
+            .append(&view.header.id, expected, &records, &view.progress(), fence)
             .await?;
         Ok(records)
     }

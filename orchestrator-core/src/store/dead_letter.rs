@@ -510,6 +510,54 @@ pub trait DeadLetterStore: Send + Sync {
     ) -> Result<Resolve, StoreError>;
 }
 
+/// Implements [`DeadLetterStore`] for a store wrapper by forwarding every
+/// method to one of its fields — for wrappers that add behaviour (faults,
+/// metrics, logging) to other methods only.
+///
+/// ```
+/// use orchestrator_core::store::MemoryStore;
+///
+/// struct Logged {
+///     inner: MemoryStore,
+/// }
+/// orchestrator_core::forward_dead_letter_store!(Logged => inner);
+/// ```
+#[macro_export]
+macro_rules! forward_dead_letter_store {
+    ($ty:ty => $field:ident) => {
+        #[$crate::__private::async_trait]
+        impl $crate::store::DeadLetterStore for $ty {
+            // (Calls go through the field's own impl: `Arc`s and the like
+            // dereference to it.)
+            async fn put_dead_letter(
+                &self,
+                entry: &$crate::store::dead_letter::DeadLetter,
+            ) -> Result<(), $crate::StoreError> {
+                self.$field.put_dead_letter(entry).await
+            }
+            async fn dead_letter(
+                &self,
+                id: &$crate::store::dead_letter::DeadLetterId,
+            ) -> Result<Option<$crate::store::dead_letter::DeadLetter>, $crate::StoreError> {
+                self.$field.dead_letter(id).await
+            }
+            async fn list_dead_letters(
+                &self,
+                query: &$crate::store::dead_letter::DeadLetterQuery,
+            ) -> Result<$crate::store::dead_letter::DeadLetterPage, $crate::StoreError> {
+                self.$field.list_dead_letters(query).await
+            }
+            async fn resolve_dead_letter(
+                &self,
+                id: &$crate::store::dead_letter::DeadLetterId,
+                resolution: &$crate::store::dead_letter::Resolution,
+            ) -> Result<$crate::store::dead_letter::Resolve, $crate::StoreError> {
+                self.$field.resolve_dead_letter(id, resolution).await
+            }
+        }
+    };
+}
+
 /// Checks a resolution before a store applies it.
 pub fn check_resolution(resolution: &Resolution) -> Result<(), StoreError> {
     if resolution.status == DeadLetterStatus::Open {
