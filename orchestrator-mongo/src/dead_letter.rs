@@ -247,7 +247,7 @@ impl DeadLetterStore for MongoStore {
                     Ok(d) => hits.push(d),
                     // One bad document must not hide every other entry.
                     Err(e) => {
-                        tracing::error!(error = %e, "skipping a dead letter that does not decode")
+                        tracing::error!(error = %e, "skipping a dead letter that does not decode");
                     }
                 }
             }

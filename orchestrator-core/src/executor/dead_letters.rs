@@ -255,9 +255,8 @@ impl Executor {
         let checked = self
             .check_dead_letter(id, |r| r.status == DeadLetterStatus::Requeued && r.by == by)
             .await?;
-        let Checked { view, entry } = match checked {
-            Ok(c) => c,
-            Err(()) => return Ok(id.job.clone()),
+        let Ok(Checked { view, entry }) = checked else {
+            return Ok(id.job.clone());
         };
         if !view.state.is_terminal() {
             return Err(ExecutorError::Busy {
@@ -421,9 +420,8 @@ impl Executor {
                     && r.reason.as_deref() == Some(reason)
             })
             .await?;
-        let Checked { view, entry } = match checked {
-            Ok(c) => c,
-            Err(()) => return Ok(()),
+        let Ok(Checked { view, entry }) = checked else {
+            return Ok(());
         };
         let event = Event::DeadLetterDiscarded {
             node: id.node,

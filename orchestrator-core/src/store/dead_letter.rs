@@ -626,7 +626,7 @@ pub fn from_journal(records: &[Record]) -> Vec<DeadLetter> {
         match &r.event {
             Event::NodeStarted { attempt, .. } => t.attempts.push(started(*attempt, false, r.at)),
             Event::NodeSucceeded { attempt, .. } => {
-                end(&mut t.attempts, *attempt, r.at, None, None)
+                end(&mut t.attempts, *attempt, r.at, None, None);
             }
             Event::NodeFailed {
                 attempt,
