@@ -779,3 +779,88 @@ mod tests {
         assert!("oops".parse::<DeadLetterReason>().is_err());
     }
 }
+
+#[cfg(test)]
+mod merge_props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(attempts: usize, status: DeadLetterStatus, by: &str) -> DeadLetter {
+        let failure = Failure::transient("boom");
+        let mut d = DeadLetter {
+            id: "JOB.1.1".parse().expect("a valid id"),
+            job: "JOB".parse().expect("a valid job id"),
+            job_name: "job".into(),
+            owner: "alice".into(),
+            node: "n".into(),
+            node_index: 1,
+            node_type: "noop".into(),
+            params: Value::Null,
+            reason: DeadLetterReason::RetriesExhausted,
+            failure: failure.clone(),
+            attempts: (1..=attempts as u32)
+                .map(|attempt| AttemptHistory {
+                    attempt,
+                    compensation: false,
+                    started_at: Timestamp(attempt.into()),
+                    ended_at: None,
+                    failure: Some(failure.clone()),
+                    retry_in_ms: None,
+                    decision: AttemptDecision::GiveUp,
+                })
+                .collect(),
+            created_at: Timestamp(1),
+            status: DeadLetterStatus::Open,
+            resolution: None,
+        };
+        if status != DeadLetterStatus::Open {
+            d = d.resolved(Resolution {
+                status,
+                by: by.into(),
+                at: Timestamp(2),
+                reason: None,
+            });
+        }
+        d
+    }
+
+    fn any_entry() -> impl Strategy<Value = DeadLetter> {
+        (
+            0usize..4,
+            prop::sample::select(DeadLetterStatus::ALL.to_vec()),
+            prop::sample::select(vec!["bob", "eve"]),
+        )
+            .prop_map(|(n, s, by)| entry(n, s, by))
+    }
+
+    proptest! {
+        /// Whatever sequence of writes lands, the stored entry is never
+        /// reopened, its first resolution is kept, and repeating the last
+        /// write changes nothing.
+        #[test]
+        fn merges_are_monotone_and_idempotent(writes in prop::collection::vec(any_entry(), 1..12)) {
+            let mut stored: Option<DeadLetter> = None;
+            let mut first_resolution: Option<Resolution> = None;
+            for w in &writes {
+                let next = match &stored {
+                    None => Some(w.clone()),
+                    Some(s) => DeadLetter::merge(s, w),
+                };
+                if let Some(next) = next {
+                    if let Some(s) = &stored {
+                        prop_assert!(s.status == DeadLetterStatus::Open || next.status == s.status);
+                    }
+                    stored = Some(next);
+                }
+                let s = stored.as_ref().expect("written");
+                if first_resolution.is_none() {
+                    first_resolution = s.resolution.clone();
+                }
+                prop_assert_eq!(&s.resolution, &first_resolution);
+                prop_assert_eq!(s.status == DeadLetterStatus::Open, s.resolution.is_none());
+                prop_assert_eq!(DeadLetter::merge(s, w), None, "a repeat changes nothing");
+                prop_assert_eq!(&s.attempts, &w.attempts, "facts follow the latest write");
+            }
+        }
+    }
+}
