@@ -81,8 +81,7 @@ pub use dag::Dag;
 pub use duration::HumanDuration;
 pub use executor::{
     DeadLetterError, Executor, ExecutorConfig, ExecutorError, JobStatus, LeaseConfig, NodeStatus,
-    Recovery,
-    RecoveryFailure,
+    Recovery, RecoveryFailure,
 };
 pub use failure::{Failure, FailureClass};
 pub use journal::{Event, JobSummary, JobView, Record};
