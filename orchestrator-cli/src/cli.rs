@@ -175,6 +175,10 @@ pub(crate) enum Command {
     /// List, inspect and cancel the jobs of a store.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// The dead-letter queue: list, show, requeue or discard nodes that
+    /// failed for good.
+    #[command(subcommand)]
+    Dlq(crate::dlq::DlqCommand),
     /// Serve the REST API (JWT auth, live events, metrics, OpenAPI docs).
     #[command(after_help = SERVE_EXAMPLES)]
     Serve(ServeArgs),

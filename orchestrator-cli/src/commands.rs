@@ -47,6 +47,7 @@ pub(crate) fn execute(command: Command) -> Result<u8, CliError> {
             | Command::Rerun(_)
             | Command::Rollback(_)
             | Command::Serve(_)
+            | Command::Dlq(crate::dlq::DlqCommand::Requeue(_))
     );
     let runtime = if follows {
         tokio::runtime::Builder::new_multi_thread()
@@ -73,6 +74,7 @@ pub(crate) fn execute(command: Command) -> Result<u8, CliError> {
             Command::Jobs(JobsCommand::List(args)) => list(args).await,
             Command::Jobs(JobsCommand::Show(args)) => show(args).await,
             Command::Jobs(JobsCommand::Cancel(args)) => cancel(args).await,
+            Command::Dlq(command) => crate::dlq::execute(command).await,
             Command::Serve(args) => crate::serve::serve(args).await,
             Command::Token(args) => crate::serve::token(&args),
             Command::Stats(args) => crate::stats::stats(args).await,
@@ -86,7 +88,7 @@ pub(crate) fn execute(command: Command) -> Result<u8, CliError> {
 
 /// Starts an executor over `store` that resumes exactly the jobs of
 /// `recover` (among those unfinished).
-async fn start_executor(
+pub(crate) async fn start_executor(
     store: Arc<dyn Store>,
     recover: impl IntoIterator<Item = JobId>,
     config: ExecutorConfig,
@@ -104,7 +106,7 @@ async fn start_executor(
         .map_err(|e| CliError::from_executor(e, "", store_name))
 }
 
-fn install_interrupts() -> Result<Interrupts, CliError> {
+pub(crate) fn install_interrupts() -> Result<Interrupts, CliError> {
     Interrupts::install().map_err(|source| CliError::Internal {
         what: "catch Ctrl-C",
         source,
@@ -112,15 +114,15 @@ fn install_interrupts() -> Result<Interrupts, CliError> {
 }
 
 /// How a followed job is shown.
-struct Display {
+pub(crate) struct Display {
     /// Where people's text goes.
-    sink: Sink,
+    pub(crate) sink: Sink,
     /// Live bars instead of event lines.
     live: bool,
 }
 
 impl Display {
-    fn new(out: &OutputArgs) -> Self {
+    pub(crate) fn new(out: &OutputArgs) -> Self {
         let sink = if out.json { Sink::Stderr } else { Sink::Stdout };
         let dumb = std::env::var_os("TERM").is_some_and(|t| t == "dumb");
         Self {
@@ -139,7 +141,7 @@ impl Display {
 }
 
 /// Reports, prints and scores followed jobs once they are over.
-async fn finish(
+pub(crate) async fn finish(
     executor: &Executor,
     out: &OutputArgs,
     sink: Sink,
@@ -189,7 +191,7 @@ fn write_junit(file: &Path, report: &quick_junit::Report) -> Result<(), CliError
     std::fs::write(file, text).map_err(err)
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> String {
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
     // Serializing plain data structures into a string cannot fail.
     serde_json::to_string_pretty(value)
         .unwrap_or_else(|e| format!("{{\"error\": {:?}}}", e.to_string()))
@@ -371,7 +373,7 @@ async fn rollback(args: RollbackArgs) -> Result<u8, CliError> {
 
 /// Follows job `id` to its end with a fresh reporter, reporting the records
 /// after `show_after`, and returns its final view.
-async fn follow_one(
+pub(crate) async fn follow_one(
     executor: &Executor,
     interrupts: &mut Interrupts,
     store: &StoreSpec,

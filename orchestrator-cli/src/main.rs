@@ -55,6 +55,7 @@
 mod cli;
 mod commands;
 mod describe;
+mod dlq;
 mod error;
 mod follow;
 mod graph;

@@ -1237,3 +1237,148 @@ dag_definition:
     let out = run(&["rollback", &second, "--store", &store]);
     assert_eq!(code(&out), 2, "a job is rolled back once");
 }
+
+#[test]
+fn dlq_list_show_requeue_and_discard() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sled(dir.path());
+    let fixed = dir.path().join("fixed");
+    let plan = write(
+        dir.path(),
+        "dlq.yaml",
+        &format!(
+            "name: dlq
+dag_definition:
+  nodes:
+    - {{id: build, type: noop}}
+    - id: flaky
+      type: process
+      depends_on: [build]
+      retry: {{max_attempts: 1}}
+      params: {{shell: true, command: 'test -f {fixed}'}}
+    - {{id: report, type: noop, depends_on: [flaky]}}
+    - id: other
+      type: process
+      retry: {{max_attempts: 1}}
+      params: {{shell: true, command: 'exit 3'}}
+",
+            fixed = fixed.display()
+        ),
+    );
+    let out = run(&["run", plan.to_str().unwrap(), "--store", &store, "--json"]);
+    assert_eq!(code(&out), 1, "{}", text(&out.stderr));
+    let job = serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Two entries: `flaky` (node 1) and `other` (node 3).
+    let out = run(&["dlq", "list", "--store", &store, "--json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let page: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = page["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    let flaky = format!("{job}.1.1");
+    let other = format!("{job}.3.1");
+    assert_eq!(ids.len(), 2);
+    assert!(
+        ids.contains(&flaky.as_str()) && ids.contains(&other.as_str()),
+        "{ids:?}"
+    );
+    let out = run(&["dlq", "list", "--store", &store]);
+    let table = text(&out.stdout);
+    assert!(table.contains(&flaky) && table.contains("open"), "{table}");
+
+    let out = run(&["dlq", "show", &flaky, "--store", &store]);
+    assert_eq!(code(&out), 0);
+    let shown = text(&out.stdout);
+    assert!(shown.contains("node flaky (type process"), "{shown}");
+    assert!(shown.contains("attempt 1"), "{shown}");
+    let out = run(&["dlq", "show", &flaky, "--store", &store, "--json"]);
+    let entry: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(entry["reason"], "retries_exhausted");
+    assert_eq!(entry["status"], "open");
+
+    // Discard `other` with a reason; a second discard is refused.
+    let out = run(&[
+        "dlq",
+        "discard",
+        &other,
+        "--store",
+        &store,
+        "--reason",
+        "exits 3 on purpose",
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("discarded"));
+    let out = run(&[
+        "dlq", "discard", &other, "--store", &store, "--reason", "again",
+    ]);
+    assert_eq!(code(&out), 2);
+    assert!(
+        text(&out.stderr).contains("already discarded"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&[
+        "dlq",
+        "list",
+        "--store",
+        &store,
+        "--status",
+        "discarded",
+        "--json",
+    ]);
+    let page: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        page["dead_letters"][0]["resolution"]["reason"],
+        "exits 3 on purpose"
+    );
+
+    // Fix the cause and requeue `flaky`: it runs again, `report` after it;
+    // `other` is still failed, so the job still fails.
+    std::fs::write(&fixed, "").unwrap();
+    let out = run(&[
+        "dlq",
+        "requeue",
+        &flaky,
+        "--store",
+        &store,
+        "--json",
+        "--no-progress",
+    ]);
+    assert_eq!(code(&out), 1, "{}", text(&out.stderr));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let state_of = |id: &str| {
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["id"] == id)
+            .map(|n| n["state"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(state_of("flaky").as_deref(), Some("succeeded"));
+    assert_eq!(state_of("report").as_deref(), Some("succeeded"));
+    assert_eq!(state_of("other").as_deref(), Some("failed"));
+    assert_eq!(status["state"], "failed");
+    let out = run(&["dlq", "show", &flaky, "--store", &store, "--json"]);
+    let entry: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(entry["status"], "requeued");
+
+    // Refusals are usage errors.
+    for args in [
+        vec!["dlq", "requeue", flaky.as_str(), "--store", store.as_str()],
+        vec!["dlq", "show", "nope", "--store", store.as_str()],
+        vec!["dlq", "discard", other.as_str(), "--store", store.as_str()],
+    ] {
+        assert_eq!(code(&run(&args)), 2, "{args:?}");
+    }
+    let missing = format!("{job}.1.7");
+    let out = run(&["dlq", "show", &missing, "--store", &store]);
+    assert_eq!(code(&out), 2);
+    assert!(text(&out.stderr).contains("not found"));
+}

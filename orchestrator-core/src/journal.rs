@@ -191,6 +191,46 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "is_zero")]
         calls: u32,
     },
+    /// A node failed for good and is recorded in the dead-letter queue
+    /// (the store's entry is written once this record is durable).
+    DeadLettered {
+        /// Node index.
+        node: u32,
+        /// Why.
+        reason: crate::store::dead_letter::DeadLetterReason,
+    },
+    /// A dead-lettered node is run again, with a fresh attempt budget.
+    DeadLetterRequeued {
+        /// Node index.
+        node: u32,
+        /// Which dead letter of the node (the `n` of its entry id).
+        entry: u32,
+        /// Who asked.
+        by: String,
+    },
+    /// A dead letter is left as it is, for a reason.
+    DeadLetterDiscarded {
+        /// Node index.
+        node: u32,
+        /// Which dead letter of the node (the `n` of its entry id).
+        entry: u32,
+        /// Who decided.
+        by: String,
+        /// Why.
+        reason: String,
+    },
+    /// A finished job runs again (a dead-lettered node was requeued).
+    Reopened {
+        /// Why.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// A node skipped or upstream-failed because of a requeued node waits
+    /// for its upstream nodes again.
+    NodeReset {
+        /// Node index.
+        node: u32,
+    },
     /// Something needs a person's attention.
     EscalationRequired {
         /// The node concerned, if any.
@@ -277,6 +317,11 @@ impl Event {
                 BreakerState::HalfOpen => "breaker.half_opened",
                 BreakerState::Closed => "breaker.closed",
             },
+            Self::DeadLettered { .. } => "node.dead_lettered",
+            Self::DeadLetterRequeued { .. } => "dead_letter.requeued",
+            Self::DeadLetterDiscarded { .. } => "dead_letter.discarded",
+            Self::Reopened { .. } => "execution.reopened",
+            Self::NodeReset { .. } => "node.reset",
         }
     }
 
@@ -294,7 +339,11 @@ impl Event {
             | Self::CompensationStarted { node, .. }
             | Self::CompensationFailed { node, .. }
             | Self::NodeCompensated { node, .. }
-            | Self::NodeCarriedOver { node, .. } => Some(node),
+            | Self::NodeCarriedOver { node, .. }
+            | Self::DeadLettered { node, .. }
+            | Self::DeadLetterRequeued { node, .. }
+            | Self::DeadLetterDiscarded { node, .. }
+            | Self::NodeReset { node } => Some(node),
             Self::EscalationRequired { node, .. }
             | Self::RecoveryInitiated { node, .. }
             | Self::RecoveryCompleted { node, .. } => node,
@@ -309,7 +358,12 @@ impl Event {
             | Self::EscalationRequired { .. }
             | Self::BreakerChanged { .. }
             | Self::RecoveryInitiated { .. }
-            | Self::RecoveryCompleted { .. } => return None,
+            | Self::RecoveryCompleted { .. }
+            | Self::DeadLettered { .. }
+            | Self::DeadLetterDiscarded { .. } => return None,
+            Self::Reopened { .. } => Transition::Job(JobEvent::Reopen),
+            Self::DeadLetterRequeued { node, .. } => Transition::Node(*node, NodeEvent::Requeue),
+            Self::NodeReset { node } => Transition::Node(*node, NodeEvent::Reset),
             Self::Queued => Transition::Job(JobEvent::Enqueue),
             Self::Started => Transition::Job(JobEvent::Start),
             Self::RecoveryStarted => Transition::Job(JobEvent::RecoveryStarted),
@@ -473,6 +527,13 @@ pub struct NodeView {
     /// (between `recovery.initiated` and `recovery.completed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<RecoveryKind>,
+    /// How often the node was dead-lettered (the `n` of its latest entry).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dead_letters: u32,
+    /// Attempts started before its latest requeue: retry policies count
+    /// attempts from here, so a requeued node gets a fresh budget.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt_base: u32,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -656,6 +717,17 @@ impl JobView {
                     }
                     None => {}
                 }
+                if let Event::DeadLettered { node: i, .. } = &record.event {
+                    let i = *i;
+                    let Some(node) = self.nodes.get_mut(i as usize) else {
+                        return Err(ReplayError::UnknownNode {
+                            job: job(),
+                            seq: record.seq,
+                            node: i,
+                        });
+                    };
+                    node.dead_letters += 1;
+                }
                 // A compensation attempt that will be retried changes no
                 // state, but the node's bookkeeping follows it.
                 if let Event::CompensationFailed {
@@ -696,6 +768,11 @@ impl JobView {
                     }
                     Event::TimeoutReached => self.timeout_reached = true,
                     Event::Finished { .. } => self.finished_at = Some(record.at),
+                    Event::Reopened { .. } => {
+                        // The job timeout counts from the reopening.
+                        self.started_at = Some(record.at);
+                        self.finished_at = None;
+                    }
                     _ => {}
                 }
                 Effect::Job(effect)
@@ -758,6 +835,13 @@ impl JobView {
                         node.last_error = Some(failure.clone());
                     }
                     Event::NodeCompensated { .. } => node.compensation_running = false,
+                    Event::DeadLetterRequeued { .. } => {
+                        node.attempt_base = node.machine.attempts;
+                        node.first_started_at = None;
+                        node.finished_at = None;
+                        node.retry_at = None;
+                    }
+                    Event::NodeReset { .. } => node.finished_at = None,
                     _ => {}
                 }
                 self.counts[state_index(before)] -= 1;

@@ -89,8 +89,8 @@ pub mod validate;
 pub use dag::Dag;
 pub use duration::HumanDuration;
 pub use executor::{
-    Executor, ExecutorConfig, ExecutorError, JobStatus, LeaseConfig, NodeStatus, Recovery,
-    RecoveryFailure,
+    DeadLetterError, Executor, ExecutorConfig, ExecutorError, JobStatus, LeaseConfig, NodeStatus,
+    Recovery, RecoveryFailure,
 };
 pub use failure::{Failure, FailureClass};
 pub use journal::{Event, JobSummary, JobView, Record};

@@ -166,6 +166,11 @@ pub enum NodeEvent {
     Compensated,
     /// The compensation failed for good.
     CompensationFailed,
+    /// A dead-lettered (failed or timed-out) node is run again.
+    Requeue,
+    /// A node skipped or upstream-failed because of a requeued node is
+    /// decided again.
+    Reset,
 }
 
 impl NodeEvent {
@@ -185,6 +190,8 @@ impl NodeEvent {
             Self::CompensationRetry => "compensation_retry",
             Self::Compensated => "compensated",
             Self::CompensationFailed => "compensation_failed",
+            Self::Requeue => "requeue",
+            Self::Reset => "reset",
         }
     }
 }
@@ -252,6 +259,8 @@ impl NodeMachine {
     /// | compensating | compensation_retry | compensating | run compensation |
     /// | compensating | compensated | compensated | release upstream |
     /// | compensating | compensation_failed | dead_lettered | dead letter |
+    /// | failed, timed_out | requeue | ready | enqueue |
+    /// | skipped, upstream_failed | reset | pending | none |
     pub fn apply(self, event: NodeEvent) -> Result<(NodeMachine, NodeEffect), InvalidTransition> {
         use NodeEffect as E;
         use NodeEvent as Ev;
@@ -309,6 +318,8 @@ impl NodeMachine {
             (S::Compensating, Ev::CompensationRetry) => to(S::Compensating, E::RunCompensation),
             (S::Compensating, Ev::Compensated) => to(S::Compensated, E::ReleaseUpstream),
             (S::Compensating, Ev::CompensationFailed) => to(S::DeadLettered, E::DeadLetter),
+            (S::Failed | S::TimedOut, Ev::Requeue) => to(S::Ready, E::Enqueue),
+            (S::Skipped | S::UpstreamFailed, Ev::Reset) => to(S::Pending, E::None),
             (from, event) => Err(InvalidTransition {
                 entity: "node",
                 from: from.as_str(),
@@ -388,8 +399,9 @@ impl JobState {
         }
     }
 
-    /// Whether the job is over. Only an explicit rollback request leaves a
-    /// terminal state (into `rolling_back`).
+    /// Whether the job is over. Only an explicit rollback request (into
+    /// `rolling_back`) or a dead-letter requeue (a failed job, into
+    /// `running`) leaves a terminal state.
     pub const fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -422,6 +434,7 @@ impl JobState {
     /// | rolling_back | recovery_started | rolling_back | none |
     /// | rolling_back | recovery_finished | rolling_back | roll back |
     /// | rolling_back | finish(rolled_back or rollback_incomplete) | that state | finished |
+    /// | failed | reopen | running | dispatch |
     pub fn apply(self, event: JobEvent) -> Result<(JobState, JobEffect), InvalidTransition> {
         use JobEffect as E;
         use JobEvent as Ev;
@@ -449,6 +462,7 @@ impl JobState {
             (S::RollingBack, Ev::Finish(o @ (S::RolledBack | S::RollbackIncomplete))) => {
                 Ok((o, E::Finished))
             }
+            (S::Failed, Ev::Reopen) => Ok((S::Running, E::Dispatch)),
             (from, event) => Err(InvalidTransition {
                 entity: "job",
                 from: from.as_str(),
@@ -484,6 +498,8 @@ pub enum JobEvent {
     Finish(JobState),
     /// Roll back: compensate the succeeded nodes.
     Rollback,
+    /// A failed job runs again because a dead-lettered node was requeued.
+    Reopen,
 }
 
 impl JobEvent {
@@ -498,6 +514,7 @@ impl JobEvent {
             Self::TimeOut => "time_out",
             Self::Finish(_) => "finish",
             Self::Rollback => "rollback",
+            Self::Reopen => "reopen",
         }
     }
 }

@@ -36,6 +36,7 @@
 //! | snapshots | [`snapshots_keep_the_newest`], [`load_view_from_snapshot_equals_replay`] |
 //! | listing | [`list_jobs_newest_first_and_filters`], [`list_jobs_pagination`], [`list_jobs_rejects_bad_limits_and_cursors`], [`unfinished_jobs_are_the_non_terminal_ones`] |
 //! | races and size | [`concurrent_appends_to_one_job`], [`concurrent_creates`], [`large_journal`] |
+//! | dead-letter queue | the cases of [`dead_letters`] |
 //!
 //! Every rejected call is followed by a check that the stored journal and
 //! summary are exactly what they were. Journals are built with [`TestJob`],
@@ -76,6 +77,7 @@ mod policy;
 pub use policy::{
     concurrent_policy_puts, policy_latest_and_listing, policy_versions_are_immutable,
 };
+pub mod dead_letters;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -174,6 +176,7 @@ macro_rules! store_conformance_tests {
             policy_latest_and_listing,
             concurrent_policy_puts,
         }
+        $crate::__dead_letter_conformance_cases!($make; $skip);
     };
 }
 

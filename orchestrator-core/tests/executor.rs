@@ -579,6 +579,7 @@ struct Flaky {
 }
 
 orchestrator_core::forward_store_extensions!(Flaky => inner);
+
 #[async_trait]
 impl Store for Flaky {
     async fn create_job(&self, s: &JobSummary, r: &[Record]) -> Result<(), StoreError> {

@@ -530,6 +530,7 @@ impl SimStore {
 }
 
 orchestrator_core::forward_store_extensions!(SimStore => inner);
+
 #[async_trait]
 impl Store for SimStore {
     async fn create_job(&self, summary: &JobSummary, records: &[Record]) -> Result<(), StoreError> {

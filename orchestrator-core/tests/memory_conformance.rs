@@ -59,6 +59,7 @@ mod mutants {
     }
 
     orchestrator_core::forward_store_extensions!(Buggy => inner);
+
     #[async_trait]
     impl Store for Buggy {
         async fn create_job(

@@ -29,14 +29,19 @@ const RULES: [TriggerRule; 9] = [
 ];
 
 /// Node states nothing may leave.
-const NODE_ABSORBING: [NodeState; 7] = [
-    NodeState::Failed,
-    NodeState::Skipped,
-    NodeState::UpstreamFailed,
+const NODE_ABSORBING: [NodeState; 3] = [
     NodeState::Cancelled,
-    NodeState::TimedOut,
     NodeState::DeadLettered,
     NodeState::Compensated,
+];
+
+/// Node states only a dead-letter requeue leaves: `requeue` (failed,
+/// timed out) and `reset` (skipped, upstream-failed downstream of it).
+const NODE_LEFT_BY_REQUEUE: [NodeState; 4] = [
+    NodeState::Failed,
+    NodeState::TimedOut,
+    NodeState::Skipped,
+    NodeState::UpstreamFailed,
 ];
 
 // ---------------------------------------------------------------------------
@@ -111,6 +116,10 @@ fn node_table() -> Vec<(NodeState, String, NodeState, NodeEffect)> {
             S::DeadLettered,
             E::DeadLetter,
         ),
+        (S::Failed, "requeue".into(), S::Ready, E::Enqueue),
+        (S::TimedOut, "requeue".into(), S::Ready, E::Enqueue),
+        (S::Skipped, "reset".into(), S::Pending, E::None),
+        (S::UpstreamFailed, "reset".into(), S::Pending, E::None),
     ];
     for class in FailureClass::ALL {
         if class != FailureClass::Cancelled {
@@ -175,6 +184,8 @@ fn node_events(attempts: u32) -> Vec<NodeEvent> {
         NodeEvent::Compensated,
         NodeEvent::CompensationFailed,
         NodeEvent::CarryOver,
+        NodeEvent::Requeue,
+        NodeEvent::Reset,
     ];
     if let Some(next) = attempts.checked_add(1) {
         events.push(NodeEvent::Start { attempt: next });
@@ -195,7 +206,7 @@ fn node_events(attempts: u32) -> Vec<NodeEvent> {
 #[test]
 fn every_node_state_and_event_matches_the_table() {
     let table = node_table();
-    assert_eq!(table.len(), 25, "the documented table expands to 25 rows");
+    assert_eq!(table.len(), 29, "the documented table expands to 29 rows");
     let mut used = BTreeSet::new();
     let mut accepted = 0;
     for state in NodeState::ALL {
@@ -388,6 +399,7 @@ fn job_table() -> Vec<(JobState, JobEvent, JobState, JobEffect)> {
             S::RollbackIncomplete,
             E::Finished,
         ),
+        (S::Failed, Ev::Reopen, S::Running, E::Dispatch),
     ]
 }
 
@@ -400,6 +412,7 @@ fn job_events() -> Vec<JobEvent> {
         JobEvent::Cancel,
         JobEvent::TimeOut,
         JobEvent::Rollback,
+        JobEvent::Reopen,
     ];
     events.extend(JobState::ALL.map(JobEvent::Finish));
     events
@@ -409,7 +422,7 @@ fn job_events() -> Vec<JobEvent> {
 fn every_job_state_and_event_matches_the_table() {
     let table = job_table();
     let events = job_events();
-    assert_eq!(events.len(), 19);
+    assert_eq!(events.len(), 20);
     let mut used = BTreeSet::new();
     for state in JobState::ALL {
         for &event in &events {
@@ -439,11 +452,11 @@ fn every_job_state_and_event_matches_the_table() {
 }
 
 #[test]
-fn terminal_job_states_are_left_only_by_a_rollback_request() {
+fn terminal_job_states_are_left_only_by_a_rollback_request_or_a_reopen() {
     for state in JobState::ALL {
         let leaves_otherwise = job_events()
             .into_iter()
-            .filter(|&e| e != JobEvent::Rollback)
+            .filter(|&e| e != JobEvent::Rollback && e != JobEvent::Reopen)
             .any(|e| state.apply(e).is_ok());
         assert_eq!(state.is_terminal(), !leaves_otherwise, "{state}");
     }
@@ -780,6 +793,8 @@ fn node_step() -> impl Strategy<Value = NodeStep> {
             NodeEvent::Compensated,
             NodeEvent::CompensationFailed,
             NodeEvent::CarryOver,
+            NodeEvent::Requeue,
+            NodeEvent::Reset,
         ])
         .prop_map(NodeStep::Event),
         1 => (class, retry).prop_map(|(class, retry_in)| NodeStep::Event(NodeEvent::Fail { class, retry_in })),
@@ -821,6 +836,12 @@ proptest! {
                         !NODE_ABSORBING.contains(&before.state),
                         "{} left absorbing state {} for {}", event.name(), before.state, after.state
                     );
+                    if NODE_LEFT_BY_REQUEUE.contains(&before.state) {
+                        prop_assert!(
+                            matches!(event, NodeEvent::Requeue | NodeEvent::Reset),
+                            "{} left {} without a requeue", event.name(), before.state
+                        );
+                    }
                     if before.state == NodeState::Succeeded {
                         prop_assert_eq!(after.state, NodeState::Compensating);
                     }
@@ -871,9 +892,12 @@ proptest! {
             let before = job;
             match before.apply(event) {
                 Ok((after, effect)) => {
-                    // Only an explicit rollback request reopens a finished job.
+                    // Only an explicit rollback request, or a requeue of a
+                    // failed job's dead letter, reopens a finished job.
                     prop_assert!(
-                        !before.is_terminal() || (event == JobEvent::Rollback && after == JobState::RollingBack),
+                        !before.is_terminal()
+                            || (event == JobEvent::Rollback && after == JobState::RollingBack)
+                            || (event == JobEvent::Reopen && before == JobState::Failed && after == JobState::Running),
                         "{} left terminal state {}", event.name(), before
                     );
                     prop_assert_ne!(after, JobState::Pending, "nothing leads back to pending");

@@ -68,7 +68,7 @@ fn location(base: &str, id: &JobId) -> HeaderValue {
 /// Every problem of `spec` for this server: the node policy's and the
 /// engine's (without duplicate "unknown type" reports for types the policy
 /// already refused).
-fn check_spec(state: &ApiState, spec: &JobSpec) -> Result<(), ApiError> {
+pub(crate) fn check_spec(state: &ApiState, spec: &JobSpec) -> Result<(), ApiError> {
     let policy = state.config().nodes.check(spec);
     if policy.is_empty() {
         return Ok(());

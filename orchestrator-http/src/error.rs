@@ -8,7 +8,9 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use orchestrator_core::{ExecutorError, JobId, JobState, StoreError, ValidationErrors};
+use orchestrator_core::{
+    DeadLetterError, ExecutorError, JobId, JobState, StoreError, ValidationErrors,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -162,6 +164,24 @@ pub enum ApiError {
     /// Every node of the job succeeded (422 `nothing_to_retry`).
     #[error("job {0} has nothing to retry")]
     NothingToRetry(JobId),
+    /// No such dead letter, or not the caller's (404 `dead_letter_not_found`).
+    #[error("dead letter not found")]
+    DeadLetterNotFound,
+    /// The dead letter was already requeued or discarded (409
+    /// `dead_letter_resolved`).
+    #[error("dead letter {id} is already {status}")]
+    DeadLetterResolved {
+        /// The entry.
+        id: String,
+        /// Its status.
+        status: String,
+    },
+    /// The dead letter cannot be requeued (409 `not_requeueable`).
+    #[error("{0}")]
+    NotRequeueable(String),
+    /// The request body is JSON of the wrong shape (422 `invalid_body`).
+    #[error("invalid request body")]
+    InvalidBody(Vec<FieldProblem>),
     /// Too many requests (429 `rate_limited`).
     #[error("rate limited; retry after {retry_after_secs} s")]
     RateLimited {
@@ -182,14 +202,18 @@ impl ApiError {
         match self {
             Self::MalformedJson(_) | Self::InvalidParameters(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::JobNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::JobNotFound | Self::RouteNotFound | Self::DeadLetterNotFound => {
+                StatusCode::NOT_FOUND
+            }
+            Self::DeadLetterResolved { .. } | Self::NotRequeueable(_) => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InvalidSpec(_)
             | Self::JobFinished { .. }
             | Self::JobNotFinished { .. }
-            | Self::NothingToRetry(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            | Self::NothingToRetry(_)
+            | Self::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -211,6 +235,10 @@ impl ApiError {
             Self::JobFinished { .. } => "job_finished",
             Self::JobNotFinished { .. } => "job_not_finished",
             Self::NothingToRetry(_) => "nothing_to_retry",
+            Self::DeadLetterNotFound => "dead_letter_not_found",
+            Self::DeadLetterResolved { .. } => "dead_letter_resolved",
+            Self::NotRequeueable(_) => "not_requeueable",
+            Self::InvalidBody(_) => "invalid_body",
             Self::RateLimited { .. } => "rate_limited",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
@@ -231,6 +259,10 @@ impl ApiError {
             Self::JobFinished { .. } => "Job already finished",
             Self::JobNotFinished { .. } => "Job not finished",
             Self::NothingToRetry(_) => "Nothing to retry",
+            Self::DeadLetterNotFound => "Dead letter not found",
+            Self::DeadLetterResolved { .. } => "Dead letter already resolved",
+            Self::NotRequeueable(_) => "Dead letter not requeueable",
+            Self::InvalidBody(_) => "Invalid request body",
             Self::RateLimited { .. } => "Too many requests",
             Self::Unavailable(_) => "Service unavailable",
             Self::Internal(_) => "Internal server error",
@@ -270,6 +302,16 @@ impl ApiError {
             Self::NothingToRetry(job) => {
                 format!("every node of job {job} succeeded; there is nothing to retry")
             }
+            Self::DeadLetterNotFound => "no dead letter with this id is visible to you".to_owned(),
+            Self::DeadLetterResolved { id, status } => {
+                format!("dead letter {id} is already {status}")
+            }
+            Self::NotRequeueable(why) => why.clone(),
+            Self::InvalidBody(p) => format!(
+                "the request body has {} problem{}",
+                p.len(),
+                if p.len() == 1 { "" } else { "s" }
+            ),
             Self::RateLimited { retry_after_secs } => {
                 format!("too many requests; retry in {retry_after_secs} s")
             }
@@ -282,7 +324,9 @@ impl ApiError {
             }
         };
         let problems = match self {
-            Self::InvalidParameters(p) | Self::InvalidSpec(p) => Some(p.clone()),
+            Self::InvalidParameters(p) | Self::InvalidSpec(p) | Self::InvalidBody(p) => {
+                Some(p.clone())
+            }
             _ => None,
         };
         ProblemDetails {
@@ -312,6 +356,26 @@ impl From<ExecutorError> for ApiError {
             ExecutorError::Busy { job, state } => Self::JobNotFinished { job, state },
             ExecutorError::Store(e) => e.into(),
             ExecutorError::ShutDown => Self::Unavailable("the executor has shut down".into()),
+            ExecutorError::DeadLetter(e) => e.into(),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<DeadLetterError> for ApiError {
+    fn from(e: DeadLetterError) -> Self {
+        match e {
+            DeadLetterError::NotFound(_) => Self::DeadLetterNotFound,
+            DeadLetterError::Conflict { id, status } => Self::DeadLetterResolved {
+                id: id.to_string(),
+                status: status.to_string(),
+            },
+            e @ DeadLetterError::NotRequeueable { .. } => Self::NotRequeueable(e.to_string()),
+            e @ DeadLetterError::BadReason => Self::InvalidBody(vec![FieldProblem::new(
+                "/reason",
+                "invalid_value",
+                e.to_string(),
+            )]),
             other => Self::Internal(other.to_string()),
         }
     }

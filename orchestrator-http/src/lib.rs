@@ -87,6 +87,7 @@ pub mod webhook;
 
 mod api;
 mod context;
+mod dlq;
 mod metrics;
 mod stats;
 
@@ -96,6 +97,7 @@ use axum::Router;
 pub use api::{ComponentHealth, Health, JobList};
 pub use auth::{AuthConfig, AuthConfigError, Caller, Claims, ADMIN_ROLE};
 pub use context::{RequestId, REQUEST_ID};
+pub use dlq::{DeadLetterList, DiscardRequest};
 pub use error::{ApiError, FieldProblem, ProblemDetails, PROBLEM_JSON};
 pub use events::{EventPage, EventRecord};
 pub use limit::RateLimit;
@@ -117,6 +119,10 @@ pub fn router(state: ApiState) -> Router {
         .route(&at("/job/{job_id}/retry"), post(api::retry))
         .route(&at("/jobs"), get(api::list))
         .route(&at("/stats"), get(stats::stats))
+        .route(&at("/dlq"), get(dlq::list))
+        .route(&at("/dlq/{id}"), get(dlq::show))
+        .route(&at("/dlq/{id}/requeue"), post(dlq::requeue))
+        .route(&at("/dlq/{id}/discard"), post(dlq::discard))
         .route(&at("/health"), get(api::health))
         .route(&at("/metrics"), get(openapi::metrics))
         .route(&at("/openapi.json"), get(openapi::spec))

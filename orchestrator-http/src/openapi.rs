@@ -58,6 +58,10 @@ impl Modify for BearerAuth {
         crate::api::retry,
         crate::stats::stats,
         crate::events::events,
+        crate::dlq::list,
+        crate::dlq::show,
+        crate::dlq::requeue,
+        crate::dlq::discard,
         crate::api::health,
         metrics,
         spec,
@@ -66,6 +70,7 @@ impl Modify for BearerAuth {
     modifiers(&BearerAuth),
     tags(
         (name = "jobs", description = "Submit, inspect, cancel, retry and follow jobs (bearer token required)."),
+        (name = "dead letters", description = "Nodes that failed for good: list, inspect, requeue or discard them (the job's owner or an admin)."),
         (name = "operations", description = "Health, metrics and this description (no token)."),
     )
 )]

@@ -235,6 +235,104 @@ pub(crate) fn list_query(raw: Option<&str>) -> Result<(JobQuery, Paging), ApiErr
     Ok((query, paging))
 }
 
+/// Parses `GET /dlq` parameters into a store query (owner left unset).
+pub(crate) fn dlq_query(
+    raw: Option<&str>,
+) -> Result<orchestrator_core::store::dead_letter::DeadLetterQuery, ApiError> {
+    use orchestrator_core::store::dead_letter::{
+        DeadLetterCursor, DeadLetterQuery, DeadLetterReason, DeadLetterStatus,
+    };
+    let mut p = Params::parse(
+        raw,
+        &[
+            "job",
+            "status",
+            "reason",
+            "node_type",
+            "created_after",
+            "created_before",
+            "limit",
+            "cursor",
+        ],
+    );
+    let mut query = DeadLetterQuery {
+        limit: DEFAULT_LIST_LIMIT,
+        ..DeadLetterQuery::default()
+    };
+    if let Some(job) = p.one("job") {
+        match job.parse() {
+            Ok(j) => query.job = Some(j),
+            Err(_) => p.problem(
+                "job",
+                "invalid_value",
+                format!("invalid job id {:?}", clip(&job)),
+            ),
+        }
+    }
+    if let Some(t) = p.one("node_type") {
+        if t.is_empty() || t.len() > 256 {
+            p.problem(
+                "node_type",
+                "invalid_value",
+                "node_type must be 1 to 256 bytes".into(),
+            );
+        } else {
+            query.node_type = Some(t);
+        }
+    }
+    for value in p.all("status") {
+        for name in value.split(',').map(str::trim) {
+            match name.parse::<DeadLetterStatus>() {
+                Ok(s) if !query.statuses.contains(&s) => query.statuses.push(s),
+                Ok(_) => {}
+                Err(e) => p.problem("status", "invalid_value", e),
+            }
+        }
+    }
+    for value in p.all("reason") {
+        for name in value.split(',').map(str::trim) {
+            match name.parse::<DeadLetterReason>() {
+                Ok(r) if !query.reasons.contains(&r) => query.reasons.push(r),
+                Ok(_) => {}
+                Err(e) => p.problem("reason", "invalid_value", e),
+            }
+        }
+    }
+    for (name, slot) in [
+        ("created_after", &mut query.created_after),
+        ("created_before", &mut query.created_before),
+    ] {
+        if let Some(raw) = p.one(name) {
+            match parse_time(&raw) {
+                Some(t) => *slot = Some(t),
+                None => p.problem(
+                    name,
+                    "invalid_value",
+                    format!(
+                        "{name} must be an RFC 3339 time or milliseconds since the epoch, got {:?}",
+                        clip(&raw)
+                    ),
+                ),
+            }
+        }
+    }
+    if let Some(n) = p.number("limit", 1, MAX_LIST_LIMIT as u64) {
+        query.limit = n as usize;
+    }
+    if let Some(raw) = p.one("cursor") {
+        match raw.parse::<DeadLetterCursor>() {
+            Ok(c) => query.cursor = Some(c),
+            Err(_) => p.problem(
+                "cursor",
+                "invalid_value",
+                "malformed cursor; pass `next_cursor` from a previous page".into(),
+            ),
+        }
+    }
+    p.finish()?;
+    Ok(query)
+}
+
 /// Largest `max_jobs` of `GET /stats`.
 pub const MAX_STATS_JOBS: usize = 10_000;
 

@@ -64,6 +64,7 @@
 //! | `jobs` | job id | summary: `name`, `name_lc`, `owner`, `labels` (JSON `[k, v]` strings), `priority`, `created_at` (ms); progress: `state`, `version`, `updated_at`, `nodes_total`, `nodes_finished`, `nodes_failed`, `nodes_running`; the latest batch: `batch` (id), `pending` (its records); `layout` (1) | `{created_at: -1}` (listing), `{state: 1, created_at: -1}` (recovery, state filters), `{owner: 1, created_at: -1}` |
 //! | `events` | `<job>/<seq>` | `job`, `seq`, `at` (ms), `event` (the event's JSON) | **unique** `{job: 1, seq: 1}`: a journal position is written once |
 //! | `snapshots` | job id | `version`, `snapshot` (the snapshot's JSON) | — |
+//! | `dead_letters` | entry id `<job>.<node index>.<n>` | `job`, `owner`, `node_type`, `status`, `reason`, `created_at` (ms), `rev` (compare-and-set token), `entry` (the entry's JSON) | `{created_at: -1}`, `{job: 1}` |
 //!
 //! Reserved for the features that come next, with the same rules (string
 //! ids, integer milliseconds, single-document compare-and-set):
@@ -71,7 +72,6 @@
 //! | collection | for | shape |
 //! | --- | --- | --- |
 //! | `leases` | job ownership across processes | `_id` job id, `owner` (process id), `token` (fencing, incremented by each takeover), `expires_at` (ms); takeover is `find_one_and_update` filtered on `expires_at < now` or `token`; index `{expires_at: 1}` |
-//! | `dead_letters` | the dead-letter queue | `_id` `<job>/<node>/<attempt>`, `job`, `created_at` (ms), the failure as JSON; indexes `{job: 1}`, `{created_at: -1}` |
 //! | `policies` | stored retry policies | `_id` policy name, `version`, the policy as JSON |
 //!
 //! Appends stamp the fencing token into the job document's filter once
@@ -173,6 +173,7 @@
 //! | `store` | [`MongoStore`], [`MongoOptions`], [`MongoStats`] and the [`Store`] implementation: the append protocol, reads, listing, snapshots |
 //! | `schema` | the typed documents, collection names, indexes, and conversions to and from the core's types |
 //! | `breaker` | the circuit breaker ([`BreakerConfig`]) |
+//! | `dead_letter` | the dead-letter queue: single-document compare-and-set on a `rev` field, no transactions |
 //! | `error` | the one conversion of driver errors into [`StoreError`] |
 //!
 //! [`Store`]: orchestrator_core::Store
@@ -184,6 +185,7 @@
 //! [`StoreError::AlreadyExists`]: orchestrator_core::StoreError::AlreadyExists
 
 mod breaker;
+mod dead_letter;
 mod error;
 mod policy;
 mod schema;

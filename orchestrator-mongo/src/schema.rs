@@ -40,6 +40,7 @@ pub(crate) struct Names {
     pub(crate) jobs: String,
     pub(crate) events: String,
     pub(crate) snapshots: String,
+    pub(crate) dead_letters: String,
 }
 
 impl Names {
@@ -48,6 +49,7 @@ impl Names {
             jobs: format!("{prefix}jobs"),
             events: format!("{prefix}events"),
             snapshots: format!("{prefix}snapshots"),
+            dead_letters: format!("{prefix}dead_letters"),
         }
     }
 }

@@ -129,11 +129,11 @@ pub struct MongoStats {
 /// `&self`.
 pub struct MongoStore {
     client: Client,
-    db: Database,
+    pub(crate) db: Database,
     jobs: Collection<JobDoc>,
     events: Collection<EventDoc>,
     snapshots: Collection<SnapshotDoc>,
-    names: Names,
+    pub(crate) names: Names,
     schema: OnceCell<()>,
     breaker: Breaker,
     operation_timeout: Duration,
@@ -295,6 +295,11 @@ impl MongoStore {
                     .create_indexes(schema::event_indexes())
                     .await
                     .map_err(|e| from_driver(e, "creating the events index", None))?;
+                self.db
+                    .collection::<Document>(&self.names.dead_letters)
+                    .create_indexes(crate::dead_letter::indexes())
+                    .await
+                    .map_err(|e| from_driver(e, "creating the dead_letters indexes", None))?;
                 Ok::<(), StoreError>(())
             })
             .await

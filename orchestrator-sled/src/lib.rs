@@ -118,6 +118,7 @@
 //! | `unfinished` | `id` | empty: jobs not in a terminal state, for recovery at start |
 //! | `leases` | `id` | `0x01` + JSON `LeaseRecord`: owner, fencing token, expiry, pending cancel; absent until the job is first claimed |
 //! | default | `orchestrator-sled/layout` | `0x01`: the layout version of the directory |
+//! | `dead_letters`, `dead_letters_by_created` | see `dead_letter` | the dead-letter queue |
 //!
 //! A prefix scan of `records` reads one job's journal in order;
 //! [`Store::list_jobs`] walks `by_created` backwards from the cursor (or the
@@ -139,9 +140,11 @@
 //! | `commit` | the group-commit flusher thread and the `Synced` file syncs |
 //! | `error` | the one conversion of sled errors into [`StoreError`] |
 //! | `lease` | the [`LeaseStore`](orchestrator_core::store::LeaseStore) implementation |
+//! | `dead_letter` | the dead-letter queue (`DeadLetterStore`): its two trees, merge and compare-and-set in transactions |
 
 mod codec;
 mod commit;
+mod dead_letter;
 mod error;
 mod keys;
 mod lease;

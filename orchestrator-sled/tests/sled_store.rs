@@ -322,3 +322,54 @@ fn synced_appends_flush_and_read_back() {
         store.ping().await.expect("ping");
     });
 }
+
+#[test]
+fn dead_letters_survive_reopening_and_a_corrupt_one_stays_local() {
+    use orchestrator_core::store::dead_letter::{DeadLetterQuery, DeadLetterStatus, Resolve};
+    use orchestrator_core::store::DeadLetterStore;
+    use orchestrator_core::testkit::dead_letters::{dead_letter, resolution};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = dead_letter("job-a", 0, 1, 10);
+    let b = dead_letter("job-b", 1, 1, 20);
+    runtime().block_on(async {
+        let store = SledStore::open(dir.path()).expect("open");
+        store.put_dead_letter(&a).await.expect("put a");
+        store.put_dead_letter(&b).await.expect("put b");
+        let r = resolution(DeadLetterStatus::Discarded, "bob");
+        assert!(matches!(
+            store.resolve_dead_letter(&a.id, &r).await.expect("resolve"),
+            Resolve::Done(_)
+        ));
+    });
+    runtime().block_on(async {
+        let store = SledStore::open(dir.path()).expect("reopen");
+        let stored = store.dead_letter(&a.id).await.expect("read").expect("kept");
+        assert_eq!(stored.status, DeadLetterStatus::Discarded);
+        let page = store
+            .list_dead_letters(&DeadLetterQuery::default())
+            .await
+            .expect("list");
+        assert_eq!(page.dead_letters.len(), 2);
+    });
+    poke(
+        dir.path(),
+        "dead_letters",
+        a.id.to_string().as_bytes(),
+        b"\x01{not json",
+    );
+    runtime().block_on(async {
+        let store = SledStore::open(dir.path()).expect("reopen");
+        let err = store.dead_letter(&a.id).await.expect_err("corrupt");
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+        // Listing leaves the bad entry out; the other one is still there.
+        let page = store
+            .list_dead_letters(&DeadLetterQuery::default())
+            .await
+            .expect("list");
+        assert_eq!(page.dead_letters, vec![b.clone()]);
+        assert_eq!(
+            store.dead_letter(&b.id).await.expect("read b"),
+            Some(b.clone())
+        );
+    });
+}

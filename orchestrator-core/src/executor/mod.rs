@@ -39,6 +39,7 @@
 //! ```
 
 mod attempt;
+mod dead_letters;
 mod keeper;
 mod scheduler;
 mod status;
@@ -59,6 +60,7 @@ use crate::time::{Clock, JobId, SystemClock};
 use crate::validate::{Limits, Problem, ProblemCode, ValidationErrors};
 use crate::JobSpec;
 
+pub use dead_letters::DeadLetterError;
 pub use status::{JobStatus, NodeStatus};
 
 /// Attempts `submit` makes to create a job when the store fails in a way
@@ -200,6 +202,9 @@ pub enum ExecutorError {
         /// The node id given.
         node: String,
     },
+    /// A dead-letter operation was refused.
+    #[error(transparent)]
+    DeadLetter(#[from] DeadLetterError),
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -479,6 +484,18 @@ pub(crate) enum Command {
     },
     Breakers {
         reply: oneshot::Sender<Vec<BreakerStatus>>,
+    },
+    /// A job's dead-letter entries are written.
+    DeadLettersStored {
+        slot: usize,
+        gen: u64,
+    },
+    /// Journals an event that changes no state on an active job; answers
+    /// `NotFound` when the job is not active here.
+    Journal {
+        job: JobId,
+        event: Event,
+        reply: oneshot::Sender<Result<(), ExecutorError>>,
     },
 }
 

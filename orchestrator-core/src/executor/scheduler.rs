@@ -38,6 +38,7 @@ use crate::journal::{Effect, Event, JobView, NodeView, Progress, Record};
 use crate::retry::{seed_for, RetryContext, RetryPolicy, RetrySpec};
 use crate::runner::{Heartbeat, RunContext};
 use crate::state::{JobEffect, JobState, NodeEffect, NodeState, TriggerDecision, Upstream};
+use crate::store::dead_letter::DeadLetterReason;
 use crate::time::{JobId, Timestamp};
 use crate::HumanDuration;
 
@@ -114,6 +115,9 @@ enum Post {
         Result<(), ExecutorError>,
     ),
     Finish,
+    /// Writes the job's dead-letter entries from its journal (their
+    /// `node.dead_lettered` records are durable now).
+    StoreDeadLetters,
 }
 
 /// Appends one job's batch at its durable version.
@@ -232,6 +236,10 @@ struct ActiveJob {
     node_breaker: Vec<u32>,
     /// Breaker admissions of nodes dispatched but not yet spawned.
     admitted: HashMap<u32, (u32, bool)>,
+    /// Dead-letter writes asked for and not yet done: the job does not
+    /// finish before they are, so a crash leaves it unfinished and
+    /// recovery writes them again.
+    dlq_unwritten: u32,
 }
 
 /// No breaker gates the node.
@@ -362,6 +370,11 @@ impl ActiveJob {
                         "the compensation of node {id:?} kept failing; it is dead-lettered and the rollback is incomplete"
                     ),
                 });
+                self.scratch.push(Event::DeadLettered {
+                    node,
+                    reason: DeadLetterReason::CompensationFailed,
+                });
+                self.dead_lettered();
                 self.compensated(node);
             }
             Effect::Job(JobEffect::RollBack) => self.start_rollback(),
@@ -373,7 +386,10 @@ impl ActiveJob {
                     delay,
                 });
             }
-            Effect::Node(node, NodeEffect::ReleaseDownstream) => self.release_downstream(node),
+            Effect::Node(node, NodeEffect::ReleaseDownstream) => {
+                self.release_downstream(node);
+                self.dead_letter_if_final(node);
+            }
             Effect::Job(JobEffect::Dispatch) => self.evaluate_pending(),
             Effect::Job(JobEffect::StopRunning) => {
                 self.ready.clear();
@@ -392,6 +408,39 @@ impl ActiveJob {
             }
             Effect::Job(JobEffect::Finished) => self.post.push(Post::Finish),
         }
+    }
+
+    /// Journals `node` into the dead-letter queue (with an escalation) when
+    /// it failed for good while the job was running: retries exhausted, or
+    /// a class its policy never retries. Failures of a job being cancelled
+    /// or timing out are not dead letters.
+    fn dead_letter_if_final(&mut self, node: u32) {
+        let view = &self.view.nodes[node as usize];
+        if !matches!(view.state(), NodeState::Failed | NodeState::TimedOut)
+            || !matches!(self.view.state, JobState::Running | JobState::Recovering)
+        {
+            return;
+        }
+        let Some(class) = view.last_error.as_ref().map(|f| f.class) else {
+            return;
+        };
+        let reason =
+            super::dead_letters::reason(self.policy(node).as_ref(), self.id(), node, class);
+        let id = &self.view.spec().nodes()[node as usize].id;
+        self.scratch.push(crate::recovery::dead_letter_escalation(
+            node,
+            id,
+            &format!("it failed for good ({reason})"),
+        ));
+        self.scratch.push(Event::DeadLettered { node, reason });
+        self.dead_lettered();
+    }
+
+    /// Asks for the job's dead-letter entries to be written once the
+    /// records queued now are durable.
+    fn dead_lettered(&mut self) {
+        self.dlq_unwritten += 1;
+        self.post.push(Post::StoreDeadLetters);
     }
 
     /// Counts `node`'s outcome in each successor and applies any trigger
@@ -436,7 +485,7 @@ impl ActiveJob {
     /// Emits the job's final record once every node is finished and no
     /// attempt is in flight.
     fn check_done(&mut self, now: Timestamp) {
-        if self.finishing || self.running > 0 {
+        if self.finishing || self.running > 0 || self.dlq_unwritten > 0 {
             return;
         }
         let state = match self.view.state {
@@ -582,8 +631,10 @@ impl ActiveJob {
         let first = self.view.nodes[node as usize]
             .first_started_at
             .unwrap_or(now);
+        // A requeued node's policy counts from its requeue.
+        let base = self.view.nodes[node as usize].attempt_base;
         let ctx = RetryContext {
-            attempt,
+            attempt: attempt.saturating_sub(base).max(1),
             class,
             seed: seed_for(self.id(), node),
             elapsed: Duration::from_millis(now.saturating_since(first)),
@@ -813,6 +864,32 @@ impl Scheduler {
                 ids.sort_unstable();
                 let _ = reply.send(ids);
             }
+            Command::DeadLettersStored { slot, gen } => {
+                let now = self.now;
+                if let Some(job) = self.job(slot, gen) {
+                    job.dlq_unwritten = job.dlq_unwritten.saturating_sub(1);
+                    job.check_done(now);
+                    self.mark(slot);
+                }
+            }
+            Command::Journal { job, event, reply } => {
+                let Some(&slot) = self.by_id.get(&job) else {
+                    let _ = reply.send(Err(ExecutorError::NotFound(job)));
+                    return;
+                };
+                let now = self.now;
+                let Some(j) = self.jobs[slot].as_mut() else {
+                    return;
+                };
+                if j.finishing {
+                    let state = j.view.state;
+                    let _ = reply.send(Err(ExecutorError::Busy { job, state }));
+                    return;
+                }
+                j.emit(now, event);
+                j.post.push(Post::Reply(reply, Ok(())));
+                self.mark(slot);
+            }
         }
     }
 
@@ -950,6 +1027,7 @@ impl Scheduler {
             node_rules,
             node_breaker: Vec::new(),
             admitted: HashMap::new(),
+            dlq_unwritten: 0,
             view,
         };
         self.attach_breakers(&mut job, slot, gen);
@@ -961,6 +1039,16 @@ impl Scheduler {
                 job.emit(now, Event::Started);
             }
             JobState::Queued => job.emit(now, Event::Started),
+            // Reopened by a dead-letter requeue: its nodes are consistent,
+            // so it needs no recovery records, only its ready and pending
+            // nodes set in motion again.
+            JobState::Running if !recovering => {
+                if let Some(started) = job.view.started_at {
+                    let spent = Duration::from_millis(now.saturating_since(started));
+                    timeout_in = Some(job_timeout.saturating_sub(spent));
+                }
+                self.recover_nodes(&mut job, now);
+            }
             // A rollback requested for a finished job.
             JobState::RollingBack if !recovering => {
                 timeout_in = None;
@@ -989,6 +1077,10 @@ impl Scheduler {
                 }
             }
             _ => return,
+        }
+        // Entries a crash left unwritten (the writes are idempotent).
+        if job.view.nodes.iter().any(|n| n.dead_letters > 0) {
+            job.dead_lettered();
         }
         job.check_done(now);
         let id = job.id().clone();
@@ -1526,6 +1618,17 @@ impl Scheduler {
                     let _ = tx.send(answer);
                 }
                 Post::Finish => finished = true,
+                Post::StoreDeadLetters => {
+                    if let Some(job) = self.jobs[slot].as_ref() {
+                        super::dead_letters::spawn_write(
+                            Arc::clone(&self.shared),
+                            job.id().clone(),
+                            self.done_tx.clone(),
+                            slot,
+                            job.gen,
+                        );
+                    }
+                }
             }
         }
         if let Some(job) = self.jobs[slot].as_mut() {

@@ -6,6 +6,10 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use foldhash::HashMap;
 
+use super::dead_letter::{
+    check_resolution, DeadLetter, DeadLetterId, DeadLetterPage, DeadLetterQuery, DeadLetterStore,
+    Resolution, Resolve,
+};
 use super::lease::{
     sort_claimable, CancelRequest, Claimable, Granted, Lease, LeaseRecord, LeaseStore,
 };
@@ -25,6 +29,7 @@ use crate::time::{JobId, Timestamp};
 #[derive(Debug)]
 pub struct MemoryStore {
     jobs: Mutex<HashMap<JobId, Entry>>,
+    dead_letters: Mutex<HashMap<DeadLetterId, DeadLetter>>,
     exclusive: bool,
     pub(super) policies: super::policy::MemoryPolicies,
 }
@@ -33,6 +38,7 @@ impl Default for MemoryStore {
     fn default() -> Self {
         Self {
             jobs: Mutex::default(),
+            dead_letters: Mutex::default(),
             exclusive: true,
             policies: super::policy::MemoryPolicies::default(),
         }
@@ -242,6 +248,66 @@ impl Store for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+impl MemoryStore {
+    fn dead_letters(&self) -> std::sync::MutexGuard<'_, HashMap<DeadLetterId, DeadLetter>> {
+        // Every mutation is one insert after all checks: a poisoned lock is
+        // still consistent.
+        self.dead_letters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl DeadLetterStore for MemoryStore {
+    async fn put_dead_letter(&self, entry: &DeadLetter) -> Result<(), StoreError> {
+        let mut map = self.dead_letters();
+        let next = match map.get(&entry.id) {
+            Some(stored) => DeadLetter::merge(stored, entry),
+            None => Some(entry.clone()),
+        };
+        if let Some(next) = next {
+            map.insert(entry.id.clone(), next);
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&self, id: &DeadLetterId) -> Result<Option<DeadLetter>, StoreError> {
+        Ok(self.dead_letters().get(id).cloned())
+    }
+
+    async fn list_dead_letters(
+        &self,
+        query: &DeadLetterQuery,
+    ) -> Result<DeadLetterPage, StoreError> {
+        query.check()?;
+        let hits = self
+            .dead_letters()
+            .values()
+            .filter(|d| query.matches(d))
+            .cloned()
+            .collect();
+        Ok(query.page(hits))
+    }
+
+    async fn resolve_dead_letter(
+        &self,
+        id: &DeadLetterId,
+        resolution: &Resolution,
+    ) -> Result<Resolve, StoreError> {
+        check_resolution(resolution)?;
+        let mut map = self.dead_letters();
+        let Some(stored) = map.get_mut(id) else {
+            return Ok(Resolve::Missing);
+        };
+        if stored.status != super::dead_letter::DeadLetterStatus::Open {
+            return Ok(Resolve::Conflict(stored.clone()));
+        }
+        *stored = stored.resolved(resolution.clone());
+        Ok(Resolve::Done(stored.clone()))
     }
 }
 

@@ -28,7 +28,11 @@
 //!
 //! Every backend runs the conformance suite in `orchestrator_core::testkit` (feature
 //! `testkit`) unchanged.
+//!
+//! Beyond jobs, a store keeps the dead-letter queue ([`DeadLetterStore`],
+//! module [`dead_letter`]), a supertrait of [`Store`] with its own contract.
 
+pub mod dead_letter;
 pub mod lease;
 mod memory;
 pub mod policy;
@@ -44,6 +48,7 @@ use crate::journal::{JobSummary, Progress, Record, Snapshot};
 use crate::state::JobState;
 use crate::time::{JobId, Timestamp};
 
+pub use dead_letter::DeadLetterStore;
 pub use lease::{Lease, LeaseStore};
 pub use memory::MemoryStore;
 pub use policy::PolicyStore;
@@ -289,7 +294,7 @@ pub struct JobPage {
 /// A store also keeps stored policies ([`PolicyStore`], a supertrait with
 /// its own contract in [`policy`]).
 #[async_trait]
-pub trait Store: LeaseStore + PolicyStore + Send + Sync + 'static {
+pub trait Store: LeaseStore + PolicyStore + DeadLetterStore + Send + Sync + 'static {
     /// Creates a job from its summary and first records (seq 1 is
     /// `Submitted`). [`StoreError::AlreadyExists`] if the id is taken; an
     /// identical repeat of a create that already landed succeeds.
@@ -409,10 +414,14 @@ pub fn check_sequence(job: &JobId, expected: u64, records: &[Record]) -> Result<
 }
 
 /// Implements every store trait but [`Store`] itself — [`LeaseStore`],
-/// [`PolicyStore`] — for a store wrapper by forwarding every method to one
-/// of its fields: for wrappers that add behaviour (faults, metrics,
-/// logging) to the journal methods only, so that they keep compiling as
-/// the store grows.
+/// [`PolicyStore`], [`DeadLetterStore`] — for a store wrapper by forwarding
+/// every method to one of its fields: for wrappers that add behaviour
+/// (faults, metrics, logging) to the journal methods only, so that they
+/// keep compiling as the store grows. A wrapper that changes one of them
+/// uses the per-trait macros ([`forward_lease_store!`](crate::forward_lease_store),
+/// [`forward_policy_store!`](crate::forward_policy_store),
+/// [`forward_dead_letter_store!`](crate::forward_dead_letter_store)) for the
+/// others.
 ///
 /// ```
 /// use orchestrator_core::store::MemoryStore;
@@ -424,6 +433,17 @@ pub fn check_sequence(job: &JobId, expected: u64, records: &[Record]) -> Result<
 /// ```
 #[macro_export]
 macro_rules! forward_store_extensions {
+    ($ty:ty => $field:ident) => {
+        $crate::forward_lease_store!($ty => $field);
+        $crate::forward_policy_store!($ty => $field);
+        $crate::forward_dead_letter_store!($ty => $field);
+    };
+}
+
+/// Implements [`LeaseStore`] for a wrapper by forwarding to a field (see
+/// [`forward_store_extensions!`](crate::forward_store_extensions)).
+#[macro_export]
+macro_rules! forward_lease_store {
     ($ty:ty => $field:ident) => {
         #[$crate::__private::async_trait]
         impl $crate::store::LeaseStore for $ty {
@@ -484,7 +504,14 @@ macro_rules! forward_store_extensions {
                 self.$field.exclusive()
             }
         }
+    };
+}
 
+/// Implements [`PolicyStore`] for a wrapper by forwarding to a field (see
+/// [`forward_store_extensions!`](crate::forward_store_extensions)).
+#[macro_export]
+macro_rules! forward_policy_store {
+    ($ty:ty => $field:ident) => {
         #[$crate::__private::async_trait]
         impl $crate::store::PolicyStore for $ty {
             async fn put_policy(

@@ -43,6 +43,7 @@ impl FlakyStore {
 }
 
 orchestrator_core::forward_store_extensions!(FlakyStore => inner);
+
 #[async_trait]
 impl Store for FlakyStore {
     async fn create_job(&self, summary: &JobSummary, records: &[Record]) -> Result<(), StoreError> {
