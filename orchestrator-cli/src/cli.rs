@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use orchestrator_core::{ExecutorConfig, HumanDuration, JobId, JobState};
 
+use crate::error::CliError;
 use crate::store::{StoreSpec, DEFAULT_STORE};
 
 const MAIN_EXAMPLES: &str = "\
@@ -337,12 +338,30 @@ pub(crate) struct ExecArgs {
     /// [default: 1h].
     #[arg(long, value_name = "DURATION", env = "JOB_TIMEOUT", value_parser = parse_duration)]
     pub(crate) job_timeout: Option<Duration>,
+    /// How long this process's lease on a job lasts unless renewed; a
+    /// crashed process's jobs are taken over between one TTL and one TTL
+    /// plus a heartbeat after its last renewal [default: 15s].
+    #[arg(long, value_name = "DURATION", env = "LEASE_TTL", value_parser = parse_duration)]
+    pub(crate) lease_ttl: Option<Duration>,
+    /// How often leases are renewed and queued or orphaned jobs claimed;
+    /// below the lease TTL [default: 5s, or a third of --lease-ttl].
+    #[arg(long, value_name = "DURATION", env = "HEARTBEAT_INTERVAL", value_parser = parse_duration)]
+    pub(crate) heartbeat: Option<Duration>,
+    /// Most jobs this process runs at once; more stay queued in the store
+    /// for any process with room [default: unlimited].
+    #[arg(long, value_name = "N", env = "PROCESS_CAPACITY",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) capacity: Option<u32>,
+    /// This process's id in job leases (unique per process) [default: the
+    /// process id and random hex].
+    #[arg(long, value_name = "ID", env = "INSTANCE_ID")]
+    pub(crate) instance_id: Option<String>,
 }
 
 impl ExecArgs {
     /// The executor configuration: the engine's defaults, overridden by
     /// whatever was given.
-    pub(crate) fn config(&self) -> ExecutorConfig {
+    pub(crate) fn config(&self) -> Result<ExecutorConfig, CliError> {
         let mut config = ExecutorConfig::default();
         if let Some(n) = self.max_concurrent_nodes {
             config.max_concurrent_nodes = n as usize;
@@ -356,7 +375,32 @@ impl ExecArgs {
         if let Some(d) = self.job_timeout {
             config.job_timeout = d;
         }
-        config
+        let lease = &mut config.lease;
+        if let Some(ttl) = self.lease_ttl {
+            lease.ttl = ttl;
+            lease.heartbeat = ttl / 3;
+        }
+        if let Some(every) = self.heartbeat {
+            lease.heartbeat = every;
+        }
+        if lease.heartbeat.is_zero() || lease.heartbeat >= lease.ttl {
+            return Err(CliError::Usage(format!(
+                "--heartbeat ({:?}) must be above zero and below --lease-ttl ({:?})",
+                lease.heartbeat, lease.ttl
+            )));
+        }
+        if let Some(n) = self.capacity {
+            lease.capacity = n as usize;
+        }
+        if let Some(id) = &self.instance_id {
+            if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
+                return Err(CliError::Usage(
+                    "--instance-id must be 1 to 128 printable characters".into(),
+                ));
+            }
+            lease.owner.clone_from(id);
+        }
+        Ok(config)
     }
 }
 
@@ -637,11 +681,52 @@ mod tests {
             panic!("not run");
         };
         assert_eq!(run.store.store, StoreSpec::Memory);
-        let config = run.exec.config();
+        let config = run.exec.config().expect("the defaults are valid");
         assert_eq!(config.max_concurrent_nodes, 4);
         assert_eq!(config.retry.max_attempts, 5);
         assert_eq!(config.retry.max_delay, Duration::from_secs(30));
         assert_eq!(config.job_timeout, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn lease_flags_set_the_lease_config_and_are_checked() {
+        let serve = |extra: &[&str]| {
+            let mut args = vec!["orchestrator", "serve", "--store", "memory"];
+            args.extend_from_slice(extra);
+            let Command::Serve(serve) = Cli::try_parse_from(args).unwrap().command else {
+                panic!("not serve");
+            };
+            serve.exec.config()
+        };
+        let config = serve(&[
+            "--lease-ttl",
+            "9s",
+            "--capacity",
+            "4",
+            "--instance-id",
+            "node-a",
+        ])
+        .unwrap();
+        assert_eq!(config.lease.ttl, Duration::from_secs(9));
+        assert_eq!(
+            config.lease.heartbeat,
+            Duration::from_secs(3),
+            "a third of the TTL"
+        );
+        assert_eq!(config.lease.capacity, 4);
+        assert_eq!(config.lease.owner, "node-a");
+        let config = serve(&["--lease-ttl", "9s", "--heartbeat", "1s"]).unwrap();
+        assert_eq!(config.lease.heartbeat, Duration::from_secs(1));
+        for bad in [
+            &["--lease-ttl", "9s", "--heartbeat", "9s"][..],
+            &["--heartbeat", "1m"][..],
+            &["--instance-id", ""][..],
+        ] {
+            assert!(
+                matches!(serve(bad), Err(CliError::Usage(_))),
+                "{bad:?} must be a usage error"
+            );
+        }
     }
 
     #[test]

@@ -204,7 +204,7 @@ async fn run(args: RunArgs) -> Result<u8, CliError> {
     let store_name = args.store.store.to_string();
     let store = open_store(&args.store.store).await?;
     let mut interrupts = install_interrupts()?;
-    let executor = start_executor(store.clone(), [], args.exec.config(), &store_name).await?;
+    let executor = start_executor(store.clone(), [], args.exec.config()?, &store_name).await?;
     let notifications = args.notify.start(executor.subscribe(), store.clone())?;
     // Counted before submitting, so a job that ends at once is not missed.
     let others = if args.store.store.is_persistent() {
@@ -288,7 +288,7 @@ async fn resume(args: ResumeArgs) -> Result<u8, CliError> {
     let executor = start_executor(
         store.clone(),
         targets.iter().map(|s| s.id.clone()),
-        args.exec.config(),
+        args.exec.config()?,
         &store_name,
     )
     .await?;
@@ -310,7 +310,7 @@ async fn rerun(args: RerunArgs) -> Result<u8, CliError> {
     let store_name = args.store.store.to_string();
     let store = open_store(&args.store.store).await?;
     let mut interrupts = install_interrupts()?;
-    let executor = start_executor(store.clone(), [], args.exec.config(), &store_name).await?;
+    let executor = start_executor(store.clone(), [], args.exec.config()?, &store_name).await?;
     let id = executor
         .rerun(
             &args.job,
@@ -347,7 +347,7 @@ async fn rollback(args: RollbackArgs) -> Result<u8, CliError> {
         .await
         .map_err(|e| CliError::from_store(e, &store_name))?;
     let mut interrupts = install_interrupts()?;
-    let executor = start_executor(store.clone(), [], args.exec.config(), &store_name).await?;
+    let executor = start_executor(store.clone(), [], args.exec.config()?, &store_name).await?;
     executor
         .rollback(&args.job, args.reason.clone())
         .await

@@ -276,7 +276,7 @@ async fn requeue(args: DlqRequeueArgs) -> Result<u8, CliError> {
         .await
         .map_err(|e| CliError::from_store(e, &store_name))?;
     let mut interrupts = install_interrupts()?;
-    let executor = start_executor(store.clone(), [], args.exec.config(), &store_name).await?;
+    let executor = start_executor(store.clone(), [], args.exec.config()?, &store_name).await?;
     let job = executor
         .requeue(&args.id, BY)
         .await

@@ -1,12 +1,17 @@
 //! `orchestrator serve` and `orchestrator token`: the REST API of
 //! `orchestrator-http` as a server, and tokens for it.
 //!
-//! The server resumes every unfinished job of its store at start
-//! (`Recovery::All`: it owns the store). SIGTERM or Ctrl-C drains it: it
-//! stops accepting connections, ends the open event streams, lets requests
-//! in progress answer, and exits. Every state change was journaled before
-//! it was acted on, so nothing is lost; attempts still running are
-//! recorded as interrupted at the next start and retried by their policy.
+//! The server takes part in running the store's jobs (`Recovery::All`): on
+//! an embedded store it resumes every unfinished job at start; on a store
+//! several servers share (MongoDB) it claims queued jobs and jobs whose
+//! lease lapsed, every heartbeat, up to `--capacity` (see
+//! `orchestrator_core::store::lease`). Any server answers the API for any
+//! job. SIGTERM or Ctrl-C drains it: it stops accepting connections, ends
+//! the open event streams, lets requests in progress answer, releases its
+//! leases (so other servers take its jobs over at their next heartbeat) and
+//! exits. Every state change was journaled before it was acted on, so
+//! nothing is lost; attempts still running are recorded as interrupted by
+//! whoever resumes the job and retried by their policy.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -95,7 +100,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<u8, CliError> {
     let builder = Executor::builder(store.clone())
         .recovery(Recovery::All)
         .registry(registry)
-        .config(args.exec.config());
+        .config(args.exec.config()?);
     // Subscribed before the start, so the jobs it resumes are notified too.
     let notifications = args.notify.start(builder.subscribe(), store)?;
     let executor = builder
@@ -179,10 +184,14 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<u8, CliError> {
         .await
         .map(|j| j.len())
         .unwrap_or(0);
+    // Hand the leases back, so that other processes sharing the store take
+    // these jobs over at their next heartbeat rather than after the TTL.
+    let executor = state.executor().clone();
     drop(state);
+    executor.stop().await;
     crate::notify::close(notifications).await;
     out.line(&format!(
-        "stopped; {unfinished} unfinished job{} journaled, resumed at the next start",
+        "stopped; {unfinished} unfinished job{} journaled, resumed at the next start or by another process",
         if unfinished == 1 { "" } else { "s" }
     ));
     Ok(EXIT_OK)
