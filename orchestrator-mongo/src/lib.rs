@@ -61,7 +61,7 @@
 //!
 //! | collection | `_id` | other fields | indexes |
 //! | --- | --- | --- | --- |
-//! | `jobs` | job id | summary: `name`, `name_lc`, `owner`, `labels` (JSON `[k, v]` strings), `priority`, `created_at` (ms); progress: `state`, `version`, `updated_at`, `nodes_total`, `nodes_finished`, `nodes_failed`, `nodes_running`; the latest batch: `batch` (id), `pending` (its records); `layout` (1) | `{created_at: -1}` (listing), `{state: 1, created_at: -1}` (recovery, state filters), `{owner: 1, created_at: -1}` |
+//! | `jobs` | job id | summary: `name`, `name_lc`, `owner`, `labels` (JSON `[k, v]` strings), `priority`, `created_at` (ms); progress: `state`, `version`, `updated_at`, `nodes_total`, `nodes_finished`, `nodes_failed`, `nodes_running`; the latest batch: `batch` (id), `pending` (its records); the lease: `lease_owner`, `lease_token` (the fencing token every append's filter compares), `lease_expires` (ms, 0 when released), `cancel_requested` (0/1), `cancel_reason`; `layout` (1) | `{created_at: -1}` (listing), `{state: 1, created_at: -1}` (recovery, state filters), `{owner: 1, created_at: -1}` |
 //! | `events` | `<job>/<seq>` | `job`, `seq`, `at` (ms), `event` (the event's JSON) | **unique** `{job: 1, seq: 1}`: a journal position is written once |
 //! | `snapshots` | job id | `version`, `snapshot` (the snapshot's JSON) | — |
 //! | `dead_letters` | entry id `<job>.<node index>.<n>` | `job`, `owner`, `node_type`, `status`, `reason`, `created_at` (ms), `rev` (compare-and-set token), `entry` (the entry's JSON) | `{created_at: -1}`, `{job: 1}` |
