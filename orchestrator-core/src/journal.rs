@@ -23,6 +23,7 @@ use serde_json::Value;
 use crate::breaker::BreakerState;
 use crate::failure::{Failure, FailureClass};
 use crate::recovery::{EscalationCause, RecoveryKind, RecoveryOutcome};
+use crate::flaky::{AttemptBudget, Decision, Score};
 use crate::spec::JobSpec;
 use crate::state::{
     InvalidTransition, JobEffect, JobEvent, JobState, NodeEffect, NodeEvent, NodeMachine, NodeState,
@@ -231,6 +232,17 @@ pub enum Event {
         /// Node index.
         node: u32,
     },
+    /// Flakiness history changed how a node runs (adaptive attempts,
+    /// quarantine): journaled at submission, with the score that drove it,
+    /// so a resumed job decides the same. See [`crate::flaky`].
+    FlakyDecision {
+        /// Node index.
+        node: u32,
+        /// The score of the node's test history at submission.
+        score: Score,
+        /// What was decided.
+        decision: Decision,
+    },
     /// Something needs a person's attention.
     EscalationRequired {
         /// The node concerned, if any.
@@ -311,6 +323,7 @@ impl Event {
             Self::CompensationFailed { .. } => "node.compensation_failed",
             Self::NodeCompensated { .. } => "node.compensated",
             Self::NodeCarriedOver { .. } => "node.carried_over",
+            Self::FlakyDecision { .. } => "node.flaky_decision",
             Self::EscalationRequired { .. } => "escalation.required",
             Self::BreakerChanged { to, .. } => match to {
                 BreakerState::Open => "breaker.opened",
@@ -343,7 +356,8 @@ impl Event {
             | Self::DeadLettered { node, .. }
             | Self::DeadLetterRequeued { node, .. }
             | Self::DeadLetterDiscarded { node, .. }
-            | Self::NodeReset { node } => Some(node),
+            | Self::NodeReset { node }
+            | Self::FlakyDecision { node, .. } => Some(node),
             Self::EscalationRequired { node, .. }
             | Self::RecoveryInitiated { node, .. }
             | Self::RecoveryCompleted { node, .. } => node,
@@ -360,7 +374,8 @@ impl Event {
             | Self::RecoveryInitiated { .. }
             | Self::RecoveryCompleted { .. }
             | Self::DeadLettered { .. }
-            | Self::DeadLetterDiscarded { .. } => return None,
+            | Self::DeadLetterDiscarded { .. }
+            | Self::FlakyDecision { .. } => return None,
             Self::Reopened { .. } => Transition::Job(JobEvent::Reopen),
             Self::DeadLetterRequeued { node, .. } => Transition::Node(*node, NodeEvent::Requeue),
             Self::NodeReset { node } => Transition::Node(*node, NodeEvent::Reset),
@@ -534,6 +549,13 @@ pub struct NodeView {
     /// attempts from here, so a requeued node gets a fresh budget.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempt_base: u32,
+    /// Whether the node runs quarantined: its failure neither fails the
+    /// job nor blocks downstream nodes (see [`crate::flaky`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quarantined: bool,
+    /// Its attempt budget, when adaptive retries changed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_budget: Option<AttemptBudget>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -544,6 +566,27 @@ impl NodeView {
     /// The node's state.
     pub fn state(&self) -> NodeState {
         self.machine.state
+    }
+
+    /// Whether it is a quarantined node that failed (`failed` or
+    /// `timed_out`): a failure that does not count.
+    pub fn quarantined_failure(&self) -> bool {
+        self.quarantined && matches!(self.state(), NodeState::Failed | NodeState::TimedOut)
+    }
+
+    /// The state downstream trigger rules see: a quarantined failure counts
+    /// as succeeded.
+    pub fn downstream_state(&self) -> NodeState {
+        if self.quarantined_failure() {
+            NodeState::Succeeded
+        } else {
+            self.state()
+        }
+    }
+
+    /// Whether it failed and then passed in this run (flaky in the run).
+    pub fn flaky(&self) -> bool {
+        self.state() == NodeState::Succeeded && self.machine.attempts > 1
     }
 }
 
@@ -662,6 +705,15 @@ impl JobView {
             .sum()
     }
 
+    /// How many quarantined nodes failed (failures that do not fail the
+    /// job). O(nodes): for the end of a job, not the hot path.
+    pub fn quarantined_failures(&self) -> u32 {
+        self.nodes
+            .iter()
+            .filter(|n| n.quarantined_failure())
+            .count() as u32
+    }
+
     /// Progress in percent: finished nodes over all nodes.
     pub fn progress_percent(&self) -> f64 {
         let n = self.nodes.len().max(1) as f64;
@@ -678,7 +730,7 @@ impl JobView {
             JobState::RollingBack => JobState::RolledBack,
             JobState::Cancelling if self.timeout_reached => JobState::TimedOut,
             JobState::Cancelling => JobState::Cancelled,
-            _ if self.failed_nodes() > 0 => JobState::Failed,
+            _ if self.failed_nodes() > self.quarantined_failures() => JobState::Failed,
             _ => JobState::Succeeded,
         }
     }
@@ -747,6 +799,20 @@ impl JobView {
                     node.compensation_running = false;
                     node.last_error = Some(failure.clone());
                     node.retry_at = Some(Timestamp(record.at.0.saturating_add(*ms)));
+                }
+                if let Event::FlakyDecision {
+                    node: i, decision, ..
+                } = &record.event
+                {
+                    let Some(node) = self.nodes.get_mut(*i as usize) else {
+                        return Err(ReplayError::UnknownNode {
+                            job: job(),
+                            seq: record.seq,
+                            node: *i,
+                        });
+                    };
+                    node.quarantined = decision.quarantine.is_some();
+                    node.attempt_budget = decision.attempts;
                 }
                 Effect::None
             }

@@ -44,6 +44,7 @@
 //! | [`state`] | the job and node state machines: pure `(state, event) -> (state, effect)` tables; trigger decisions |
 //! | [`retry`] | [`RetryPolicy`] and the built-in policies, by failure class, with deterministic jitter |
 //! | [`failure`] | [`Failure`] and [`FailureClass`] |
+//! | [`flaky`] | test keys, run outcomes, the flakiness score, adaptive retries and quarantine |
 //! | [`journal`] | journal [`Record`]s and [`JobView`], the fold that *is* a job's state |
 //! | [`store`] | the [`Store`] trait and its contract, [`StoreError`], queries, [`MemoryStore`] |
 //! | [`code`] | the [`Node`](code::Node) and [`Job`](code::Job) traits: work defined in Rust, no registry or JSON |
@@ -72,6 +73,7 @@ pub mod dag;
 pub mod duration;
 pub mod executor;
 pub mod failure;
+pub mod flaky;
 pub mod journal;
 pub mod notify;
 pub mod policy;

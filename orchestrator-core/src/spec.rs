@@ -34,6 +34,7 @@ use serde_json::Value;
 use crate::breaker::BreakerSpec;
 use crate::classify::ClassifyRule;
 use crate::duration::HumanDuration;
+use crate::flaky::FlakySpec;
 use crate::retry::RetrySpec;
 
 /// A job: a named DAG of nodes plus the policies that govern its run.
@@ -84,6 +85,10 @@ pub struct JobSpec {
     /// What to do with a failed run.
     #[serde(default, skip_serializing_if = "OnFailure::is_default")]
     pub on_failure: OnFailure,
+    /// Adaptive retries and quarantine from flakiness history, for every
+    /// node (see [`crate::flaky`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flaky: Option<FlakySpec>,
 }
 
 /// The graph part of a [`JobSpec`].
@@ -159,9 +164,13 @@ pub struct NodeSpec {
     /// The undo step run when the job is rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compensate: Option<CompensateSpec>,
-    /// Stable key for flakiness history; defaults to the node id.
+    /// Stable key for flakiness history; defaults to `<job name>/<node id>`
+    /// (see [`crate::flaky::test_key`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_id: Option<String>,
+    /// Replaces the job's `flaky` settings for this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flaky: Option<FlakySpec>,
 }
 
 /// A compensation (undo) step.
@@ -331,6 +340,7 @@ impl JobSpec {
             breakers: BTreeMap::new(),
             pools: BTreeMap::new(),
             on_failure: OnFailure::Leave,
+            flaky: None,
         })
     }
 
@@ -469,6 +479,12 @@ impl JobSpecBuilder {
         self
     }
 
+    /// Sets the flakiness settings of every node.
+    pub fn flaky(mut self, flaky: FlakySpec) -> Self {
+        self.0.flaky = Some(flaky);
+        self
+    }
+
     /// Finishes the spec (validate it before running it).
     pub fn build(self) -> JobSpec {
         self.0
@@ -494,6 +510,7 @@ impl NodeSpec {
             pool: None,
             compensate: None,
             test_id: None,
+            flaky: None,
         }
     }
 
@@ -595,6 +612,13 @@ impl NodeSpec {
     #[must_use]
     pub fn test_id(mut self, key: impl Into<String>) -> Self {
         self.test_id = Some(key.into());
+        self
+    }
+
+    /// Replaces the job's flakiness settings for this node.
+    #[must_use]
+    pub fn flaky(mut self, flaky: FlakySpec) -> Self {
+        self.flaky = Some(flaky);
         self
     }
 }

@@ -37,6 +37,7 @@
 //! | listing | [`list_jobs_newest_first_and_filters`], [`list_jobs_pagination`], [`list_jobs_rejects_bad_limits_and_cursors`], [`unfinished_jobs_are_the_non_terminal_ones`] |
 //! | races and size | [`concurrent_appends_to_one_job`], [`concurrent_creates`], [`large_journal`] |
 //! | dead-letter queue | the cases of [`dead_letters`] |
+//! | test histories | [`history_records_and_reads_back`], [`history_recording_is_idempotent_per_job_and_key`], [`history_is_bounded_to_keep`], [`history_rejects_bad_input_untouched`], [`history_listing_filters_and_pages`], [`history_concurrent_records`] |
 //!
 //! Every rejected call is followed by a check that the stored journal and
 //! summary are exactly what they were. Journals are built with [`TestJob`],
@@ -101,6 +102,9 @@ use crate::spec::{JobSpec, NodeSpec};
 use crate::state::JobState;
 use crate::store::{Cursor, JobQuery, Store, StoreError, StoreExt};
 use crate::time::{JobId, Timestamp};
+
+mod history;
+pub use history::*;
 
 /// Runs the whole conformance suite against a store: expands to one
 /// `#[test]` function per case of [`testkit`](crate::testkit), each named
@@ -175,6 +179,12 @@ macro_rules! store_conformance_tests {
             policy_versions_are_immutable,
             policy_latest_and_listing,
             concurrent_policy_puts,
+            history_records_and_reads_back,
+            history_recording_is_idempotent_per_job_and_key,
+            history_is_bounded_to_keep,
+            history_rejects_bad_input_untouched,
+            history_listing_filters_and_pages,
+            history_concurrent_records,
         }
         $crate::__dead_letter_conformance_cases!($make; $skip);
     };

@@ -62,6 +62,8 @@ pub enum ProblemCode {
     InvalidRule,
     /// A circuit breaker's settings are invalid.
     InvalidBreaker,
+    /// A `flaky` setting or a `test_id` is invalid.
+    InvalidFlaky,
 }
 
 impl ProblemCode {
@@ -87,6 +89,7 @@ impl ProblemCode {
             Self::ParamsTooLarge => "params_too_large",
             Self::InvalidRule => "invalid_rule",
             Self::InvalidBreaker => "invalid_breaker",
+            Self::InvalidFlaky => "invalid_flaky",
         }
     }
 }
@@ -305,6 +308,9 @@ pub(crate) fn check_fields<'a>(
         }
         breaker.check(&at, out);
     }
+    if let Some(flaky) = &spec.flaky {
+        crate::flaky::check(flaky, "/flaky", out);
+    }
 
     let mut ids: HashMap<&str, u32> = HashMap::with_capacity(nodes.len());
     let mut duplicates = BTreeSet::new();
@@ -333,6 +339,12 @@ pub(crate) fn check_fields<'a>(
                 ProblemCode::DuplicateNodeId,
                 format!("node id {:?} is used more than once", node.id),
             ));
+        }
+        if let Some(flaky) = &node.flaky {
+            crate::flaky::check(flaky, &at("flaky"), out);
+        }
+        if let Some(key) = &node.test_id {
+            crate::flaky::check_key(key, &at("test_id"), out);
         }
         if node.kind.trim().is_empty() {
             out.push(Problem::new(

@@ -51,6 +51,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::dag::Dag;
+use crate::flaky::FlakyConfig;
 use crate::journal::{Event, JobHeader, JobSummary, JobView, Record};
 use crate::retry::{PolicyRegistry, RetryDefaults};
 use crate::runner::Registry;
@@ -103,6 +104,8 @@ pub struct ExecutorConfig {
     /// A breaker for every dependency neither this nor the job configures
     /// (none by default).
     pub default_breaker: Option<crate::breaker::BreakerSpec>,
+    /// Test history and flakiness classification (see [`crate::flaky`]).
+    pub flaky: FlakyConfig,
 }
 
 /// How an executor leases jobs (see [`crate::store::lease`]). Several
@@ -163,6 +166,7 @@ impl Default for ExecutorConfig {
             lease: LeaseConfig::default(),
             breakers: std::collections::BTreeMap::new(),
             default_breaker: None,
+            flaky: FlakyConfig::default(),
         }
     }
 }
@@ -465,6 +469,11 @@ pub(crate) struct Activation {
 /// Commands to the scheduler.
 pub(crate) enum Command {
     Finished(scheduler::Finished),
+    /// A job's test history is written (see `Post::RecordHistory`).
+    HistoryRecorded {
+        slot: usize,
+        gen: u64,
+    },
     Activate(Box<Activation>),
     Cancel {
         job: JobId,
@@ -737,6 +746,8 @@ impl Executor {
         // Journal the versions the references resolved to, so a resumed
         // or rerun job uses exactly these policies.
         crate::policy::pin(&mut spec, &policies);
+        let mut extra = extra;
+        extra.extend(self.flaky_decisions(&spec).await?);
         let shared = self.shared();
         let now = shared.clock.now();
         let header = Arc::new(JobHeader {
@@ -821,6 +832,51 @@ impl Executor {
             }
         }
         Ok(id)
+    }
+
+    /// The adaptive-retry and quarantine decisions of the nodes that opted
+    /// in, from their test histories as they are now (journaled with the
+    /// job's first records, so a resumed job decides the same).
+    async fn flaky_decisions(&self, spec: &JobSpec) -> Result<Vec<Event>, ExecutorError> {
+        let shared = self.shared();
+        let config = &shared.config.flaky;
+        let mut out = Vec::new();
+        for (i, node) in spec.nodes().iter().enumerate() {
+            let Some(f) = node.flaky.as_ref().or(spec.flaky.as_ref()) else {
+                continue;
+            };
+            let key = crate::flaky::test_key(&spec.name, node);
+            let scored = f.adaptive
+                || f.quarantine
+                    .as_ref()
+                    .is_some_and(|q| q.score_above.is_some());
+            let history = if scored && config.keep > 0 {
+                shared.store.test_history(&key).await?
+            } else {
+                Vec::new()
+            };
+            let recent = &history[history.len().saturating_sub(config.keep)..];
+            let score = crate::flaky::score(recent, &config.thresholds);
+            if let Some(decision) = crate::flaky::decide(f, &key, &score, &config.thresholds) {
+                out.push(Event::FlakyDecision {
+                    node: i as u32,
+                    score,
+                    decision,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The flakiness report over the store's test histories (see
+    /// [`crate::flaky::report`]), classified with this executor's
+    /// thresholds.
+    pub async fn flaky_report(
+        &self,
+        query: &crate::flaky::FlakyQuery,
+    ) -> Result<crate::flaky::FlakyReport, ExecutorError> {
+        let shared = self.shared();
+        Ok(crate::flaky::report(&*shared.store, query, &shared.config.flaky.thresholds).await?)
     }
 
     /// Claims an unfinished job (whatever its lease says with `force`) and

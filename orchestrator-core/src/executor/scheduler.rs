@@ -34,6 +34,7 @@ use crate::breaker::{Admission, Breaker, Outcome, Transition};
 use crate::classify::CompiledRules;
 use crate::dag::Dag;
 use crate::failure::{Failure, FailureClass};
+use crate::flaky::{AttemptBudget, RunOutcome, TestOutcome};
 use crate::journal::{Effect, Event, JobView, NodeView, Progress, Record};
 use crate::retry::{seed_for, RetryContext, RetryPolicy, RetrySpec};
 use crate::runner::{Heartbeat, RunContext};
@@ -109,6 +110,9 @@ enum Post {
         delay: Duration,
     },
     CancelAttempts,
+    /// Records the finished nodes' outcomes in the test history, then
+    /// reports back ([`Command::HistoryRecorded`]) so the job can finish.
+    RecordHistory,
     /// Answers a caller, once what it is told is durable.
     Reply(
         oneshot::Sender<Result<(), ExecutorError>>,
@@ -217,6 +221,13 @@ struct ActiveJob {
     stalled: bool,
     store_failures: u32,
     finishing: bool,
+    /// Whether this run's test outcomes are in the history store (recorded
+    /// before the final record, so a crash in between records them again,
+    /// idempotently, when recovery finishes the job).
+    history_recorded: bool,
+    /// Cancellations asked while the history was being recorded: answered
+    /// with the final state once it is durable.
+    cancel_waiters: Vec<oneshot::Sender<Result<(), ExecutorError>>>,
     last_snapshot: u64,
     waiters: Vec<oneshot::Sender<JobView>>,
     scratch: Vec<Event>,
@@ -446,7 +457,8 @@ impl ActiveJob {
     /// Counts `node`'s outcome in each successor and applies any trigger
     /// decision that becomes possible.
     fn release_downstream(&mut self, node: u32) {
-        let state = self.view.nodes[node as usize].state();
+        // A quarantined failure counts as success downstream.
+        let state = self.view.nodes[node as usize].downstream_state();
         let dag = Arc::clone(&self.dag);
         let deciding = matches!(self.view.state, JobState::Running | JobState::Recovering);
         for &s in dag.successors(node) {
@@ -493,6 +505,13 @@ impl ActiveJob {
             JobState::Running | JobState::Cancelling
                 if self.view.finished_nodes() as usize == self.view.nodes.len() =>
             {
+                if !self.history_recorded {
+                    // Hold the job (no dispatch, no timeout) until the
+                    // history write reports back.
+                    self.finishing = true;
+                    self.post.push(Post::RecordHistory);
+                    return;
+                }
                 let outcome = self.view.outcome();
                 if outcome == JobState::Failed
                     && self.view.spec().on_failure == crate::spec::OnFailure::Rollback
@@ -639,7 +658,17 @@ impl ActiveJob {
             seed: seed_for(self.id(), node),
             elapsed: Duration::from_millis(now.saturating_since(first)),
         };
-        self.policy(node).next_delay(&ctx)
+        let policy = self.policy(node);
+        let delay = policy.next_delay(&ctx);
+        match self.view.nodes[node as usize].attempt_budget {
+            None => delay,
+            Some(AttemptBudget::AtMost(n)) => delay.filter(|_| attempt < n.max(1)),
+            // Extra attempts of a known-flaky test run at once, whatever
+            // the class (cancelled aside, handled above).
+            Some(AttemptBudget::Extra(n)) => delay.or_else(|| {
+                (attempt < policy.max_attempts().saturating_add(n)).then_some(Duration::ZERO)
+            }),
+        }
     }
 }
 
@@ -780,6 +809,7 @@ impl Scheduler {
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Finished(f) => self.joined(f),
+            Command::HistoryRecorded { slot, gen } => self.history_recorded(slot, gen),
             Command::Activate(a) => self.activate(*a),
             Command::Cancel { job, reason, reply } => {
                 let Some(&slot) = self.by_id.get(&job) else {
@@ -803,6 +833,12 @@ impl Scheduler {
                     JobState::Cancelling => {
                         // Answer after whatever is pending is durable.
                         j.post.push(Post::Reply(reply, Ok(())));
+                    }
+                    _ if j.finishing && !j.history_recorded => {
+                        // Every node is done; the final state is not known
+                        // yet (the history is being written first).
+                        j.cancel_waiters.push(reply);
+                        return;
                     }
                     _ if j.finishing => {
                         // The final record may not be durable yet: a crash
@@ -971,8 +1007,9 @@ impl Scheduler {
         // (Nodes may be finished in a job never run here before: carried
         // over from an earlier run, or finished before a restart.)
         for i in 0..n as u32 {
-            let state = view.nodes[i as usize].state();
-            if state.is_finished() {
+            let node = &view.nodes[i as usize];
+            if node.state().is_finished() {
+                let state = node.downstream_state();
                 for &s in dag.successors(i) {
                     upstream[s as usize].record(state);
                 }
@@ -1016,6 +1053,8 @@ impl Scheduler {
             stalled: false,
             store_failures: 0,
             finishing: false,
+            history_recorded: self.shared.config.flaky.keep == 0,
+            cancel_waiters: Vec::new(),
             last_snapshot: durable,
             waiters: Vec::new(),
             scratch: Vec::new(),
@@ -1614,6 +1653,7 @@ impl Scheduler {
                         job.token.cancel();
                     }
                 }
+                Post::RecordHistory => self.record_history(slot),
                 Post::Reply(tx, answer) => {
                     let _ = tx.send(answer);
                 }
@@ -1667,6 +1707,12 @@ impl Scheduler {
                         let _ = tx.send(answer);
                     }
                 }
+                for tx in job.cancel_waiters.drain(..) {
+                    let _ = tx.send(Err(ExecutorError::AlreadyFinished {
+                        job: job.view.id().clone(),
+                        state: job.view.state,
+                    }));
+                }
                 // The view is not needed any more: the last waiter takes it,
                 // so a million-node job is not copied for nothing.
                 if let Some(last) = job.waiters.pop() {
@@ -1677,6 +1723,55 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// Writes the test outcomes of a job whose nodes are all finished, in a
+    /// task, and tells the scheduler when done. A store failure is retried
+    /// with the store backoff a few times, then logged: history is
+    /// analytics, and a job must not hang on it.
+    fn record_history(&mut self, slot: usize) {
+        let Some(job) = self.jobs[slot].as_ref() else {
+            return;
+        };
+        let outcomes = run_outcomes(&job.view);
+        let gen = job.gen;
+        let id = job.id().clone();
+        let done = self.done_tx.clone();
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            let keep = shared.config.flaky.keep;
+            let mut failures = 0;
+            while !outcomes.is_empty() {
+                match shared.store.record_outcomes(&outcomes, keep).await {
+                    Ok(()) => break,
+                    Err(e) if e.is_retryable() && failures < HISTORY_TRIES => {
+                        failures += 1;
+                        let delay = shared.config.store_retry_delay(failures);
+                        tracing::warn!(job = %id, error = %e, retry_in_ms = delay.as_millis() as u64, "recording test history failed; retrying");
+                        tokio::time::sleep(delay).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(job = %id, error = %e, "could not record test history; the job finishes without it");
+                        break;
+                    }
+                }
+            }
+            if let Some(tx) = done.upgrade() {
+                let _ = tx.send(Command::HistoryRecorded { slot, gen });
+            }
+        });
+    }
+
+    /// The test history of job `slot` is written: let it finish.
+    pub(crate) fn history_recorded(&mut self, slot: usize, gen: u64) {
+        let now = self.now;
+        let Some(job) = self.job(slot, gen) else {
+            return;
+        };
+        job.history_recorded = true;
+        job.finishing = false;
+        job.check_done(now);
+        self.mark(slot);
     }
 
     /// Forgets a job (finished, or no longer ours) and hands it back.
@@ -1997,6 +2092,41 @@ fn compile_rules(
         }
     }
     (job_rules, node_rules)
+}
+
+/// Store failures in a row after which recording a job's test history is
+/// given up.
+const HISTORY_TRIES: u32 = 5;
+
+/// The outcome of every node of `view` that ran to a result of its own in
+/// this run (succeeded, failed or timed out after at least one attempt;
+/// carried-over nodes did not run).
+pub(crate) fn run_outcomes(view: &JobView) -> Vec<TestOutcome> {
+    let spec = view.spec();
+    view.nodes
+        .iter()
+        .zip(spec.nodes())
+        .filter(|(n, _)| {
+            n.machine.attempts > 0
+                && matches!(
+                    n.state(),
+                    NodeState::Succeeded | NodeState::Failed | NodeState::TimedOut
+                )
+        })
+        .map(|(n, s)| TestOutcome {
+            key: crate::flaky::test_key(&spec.name, s),
+            outcome: RunOutcome {
+                job: view.id().clone(),
+                job_name: spec.name.clone(),
+                owner: view.header.owner.clone(),
+                at: n.finished_at.unwrap_or(view.updated_at),
+                passed: n.state() == NodeState::Succeeded,
+                flaky: n.flaky(),
+                attempts: n.machine.attempts,
+                quarantined: n.quarantined,
+            },
+        })
+        .collect()
 }
 
 /// The policy of last resort when even the default no longer compiles.

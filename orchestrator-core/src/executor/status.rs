@@ -89,6 +89,13 @@ pub struct NodeStatus {
     /// The successful attempt's output.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub output: Value,
+    /// It failed, then passed on a retry, in this run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flaky: bool,
+    /// It runs quarantined: its failure neither fails the job nor blocks
+    /// downstream nodes (see [`crate::flaky`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quarantined: bool,
 }
 
 impl JobStatus {
@@ -119,6 +126,8 @@ impl JobStatus {
                     retry_at: n.retry_at.filter(|_| n.state() == NodeState::RetryWaiting),
                     last_error: n.last_error.clone(),
                     output: n.output.clone(),
+                    flaky: n.flaky(),
+                    quarantined: n.quarantined,
                 }
             })
             .collect();

@@ -32,6 +32,8 @@ pub struct MemoryStore {
     dead_letters: Mutex<HashMap<DeadLetterId, DeadLetter>>,
     exclusive: bool,
     pub(super) policies: super::policy::MemoryPolicies,
+    /// Test histories by key (see `memory_history`).
+    pub(super) histories: Mutex<std::collections::BTreeMap<String, Vec<crate::flaky::RunOutcome>>>,
 }
 
 impl Default for MemoryStore {
@@ -41,6 +43,7 @@ impl Default for MemoryStore {
             dead_letters: Mutex::default(),
             exclusive: true,
             policies: super::policy::MemoryPolicies::default(),
+            histories: Mutex::default(),
         }
     }
 }

@@ -34,8 +34,10 @@
 
 pub mod dead_letter;
 pub mod lease;
+pub mod history;
 mod memory;
 pub mod policy;
+mod memory_history;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -50,6 +52,7 @@ use crate::time::{JobId, Timestamp};
 
 pub use dead_letter::DeadLetterStore;
 pub use lease::{Lease, LeaseStore};
+pub use history::{HistoryPage, HistoryQuery, TestHistory, TestHistoryStore};
 pub use memory::MemoryStore;
 pub use policy::PolicyStore;
 
@@ -292,9 +295,11 @@ pub struct JobPage {
 /// Persistence for jobs. See the [module docs](self) for the contract.
 ///
 /// A store also keeps stored policies ([`PolicyStore`], a supertrait with
-/// its own contract in [`policy`]).
+/// its own contract in [`policy`]) and test histories ([`TestHistoryStore`]).
 #[async_trait]
-pub trait Store: LeaseStore + PolicyStore + DeadLetterStore + Send + Sync + 'static {
+pub trait Store:
+    LeaseStore + PolicyStore + DeadLetterStore + TestHistoryStore + Send + Sync + 'static
+{
     /// Creates a job from its summary and first records (seq 1 is
     /// `Submitted`). [`StoreError::AlreadyExists`] if the id is taken; an
     /// identical repeat of a create that already landed succeeds.
