@@ -635,4 +635,63 @@ mod tests {
         };
         assert_eq!(decide(&plain, "k", &flaky, &t), None);
     }
+
+    fn letters() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::collection::vec(proptest::sample::select(vec!['P', 'F', 'f']), 0..60)
+            .prop_map(|v| v.into_iter().collect())
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Rates stay in [0, 1], flips never exceed runs, and the class
+        /// follows the documented order of thresholds.
+        #[test]
+        fn score_is_bounded_and_classified(h in letters()) {
+            let s = scored(&h);
+            prop_assert_eq!(s.runs as usize, h.len());
+            prop_assert!(s.flips <= s.runs && s.failures <= s.runs);
+            prop_assert!((0.0..=1.0).contains(&s.flip_rate));
+            prop_assert!((0.0..=1.0).contains(&s.fail_rate));
+            let t = Thresholds::default();
+            let expected = if s.runs < t.min_runs {
+                Classification::New
+            } else if s.fail_rate >= t.failing_at {
+                Classification::Failing
+            } else if s.flip_rate >= t.flaky_at {
+                Classification::Flaky
+            } else {
+                Classification::Stable
+            };
+            prop_assert_eq!(s.class, expected);
+        }
+
+        /// Order matters for flips but not for the fail rate: a reordering
+        /// keeps the fail rate and the flaky runs; every order has at least
+        /// one flip per flaky run (and one if results differ at all); with
+        /// passes first and failures last, exactly that plus one.
+        #[test]
+        fn score_is_order_sensitive_in_flips_only(h in letters(), seed in any::<u64>()) {
+            let s = scored(&h);
+            let mut shuffled: Vec<char> = h.chars().collect();
+            // A deterministic shuffle from the seed (xorshift).
+            let mut x = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let shuffled: String = shuffled.into_iter().collect();
+            let t = scored(&shuffled);
+            prop_assert_eq!(s.fail_rate, t.fail_rate);
+            prop_assert_eq!(s.flaky_runs, t.flaky_runs);
+            let mixed = u32::from(h.contains('F') && h.contains(['P', 'f']));
+            prop_assert!(s.flips >= s.flaky_runs.max(mixed));
+            let mut sorted: Vec<char> = h.chars().collect();
+            sorted.sort_by_key(|c| *c == 'F');
+            let sorted: String = sorted.into_iter().collect();
+            prop_assert_eq!(scored(&sorted).flips, s.flaky_runs + mixed);
+        }
+    }
 }
