@@ -117,6 +117,7 @@
 //! | `by_created` | `created_at:u64 id` | empty: the listing index, newest first by reverse scan |
 //! | `unfinished` | `id` | empty: jobs not in a terminal state, for recovery at start |
 //! | `leases` | `id` | `0x01` + JSON `LeaseRecord`: owner, fencing token, expiry, pending cancel; absent until the job is first claimed |
+//! | `test_history` | test key (UTF-8) | `0x01` + JSON of its kept run outcomes, oldest first (see `history`) |
 //! | default | `orchestrator-sled/layout` | `0x01`: the layout version of the directory |
 //! | `dead_letters`, `dead_letters_by_created` | see `dead_letter` | the dead-letter queue |
 //!
@@ -141,11 +142,13 @@
 //! | `error` | the one conversion of sled errors into [`StoreError`] |
 //! | `lease` | the [`LeaseStore`](orchestrator_core::store::LeaseStore) implementation |
 //! | `dead_letter` | the dead-letter queue (`DeadLetterStore`): its two trees, merge and compare-and-set in transactions |
+//! | `history` | the `TestHistoryStore` implementation (flakiness history) |
 
 mod codec;
 mod commit;
 mod dead_letter;
 mod error;
+mod history;
 mod keys;
 mod lease;
 mod policy;
