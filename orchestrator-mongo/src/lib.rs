@@ -65,6 +65,7 @@
 //! | `events` | `<job>/<seq>` | `job`, `seq`, `at` (ms), `event` (the event's JSON) | **unique** `{job: 1, seq: 1}`: a journal position is written once |
 //! | `snapshots` | job id | `version`, `snapshot` (the snapshot's JSON) | — |
 //! | `dead_letters` | entry id `<job>.<node index>.<n>` | `job`, `owner`, `node_type`, `status`, `reason`, `created_at` (ms), `rev` (compare-and-set token), `entry` (the entry's JSON) | `{created_at: -1}`, `{job: 1}` |
+//! | `test_history` | test key | `rev` (compare-and-set counter), `job_names` (names of the jobs of the kept runs), `outcomes` (JSON text of the kept runs, oldest first); see `history` | — |
 //!
 //! Reserved for the features that come next, with the same rules (string
 //! ids, integer milliseconds, single-document compare-and-set):
@@ -174,6 +175,7 @@
 //! | `schema` | the typed documents, collection names, indexes, and conversions to and from the core's types |
 //! | `breaker` | the circuit breaker ([`BreakerConfig`]) |
 //! | `dead_letter` | the dead-letter queue: single-document compare-and-set on a `rev` field, no transactions |
+//! | `history` | the `TestHistoryStore` implementation: per-key compare-and-set on `rev` |
 //! | `error` | the one conversion of driver errors into [`StoreError`] |
 //!
 //! [`Store`]: orchestrator_core::Store
@@ -187,6 +189,7 @@
 mod breaker;
 mod dead_letter;
 mod error;
+mod history;
 mod policy;
 mod schema;
 mod store;

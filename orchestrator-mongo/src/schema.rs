@@ -41,6 +41,7 @@ pub(crate) struct Names {
     pub(crate) events: String,
     pub(crate) snapshots: String,
     pub(crate) dead_letters: String,
+    pub(crate) test_history: String,
 }
 
 impl Names {
@@ -50,6 +51,7 @@ impl Names {
             events: format!("{prefix}events"),
             snapshots: format!("{prefix}snapshots"),
             dead_letters: format!("{prefix}dead_letters"),
+            test_history: format!("{prefix}test_history"),
         }
     }
 }
