@@ -38,6 +38,7 @@
 //! | `GET /stats` | recovery analytics over the caller's jobs: MTTR, share recovered, retries per node type | 200, 400, 401, 429 |
 //! | `GET /job/{id}/events` | the journal, paged; or live SSE | 200, 400, 401, 404, 429 |
 //! | `POST /job/{id}/retry` | re-run what did not succeed, as a new job | 202, 401, 404, 422, 429 |
+//! | `GET /flaky` | flakiness report: tests with their scores, scored over the caller's runs (every run for an admin) | 200, 400, 401, 429 |
 //! | `GET /health` | store and executor status (no token) | 200, 503 |
 //! | `GET /metrics` | Prometheus text (no token) | 200 |
 //! | `GET /openapi.json`, `GET /docs` | the OpenAPI description and a docs page (no token) | 200 |
@@ -60,6 +61,7 @@
 //! | [`webhook`] | the webhook notification sink: signed POSTs, retries with backoff, a dead-letter file |
 //! | [`openapi`] | [`ApiDoc`], `/openapi.json`, `/docs`, `/metrics` |
 //! | `api`, `stats`, `context`, `metrics` | the job handlers and `/health`; request ids, logs and HTTP metrics; the Prometheus registry |
+//! | `flaky` | `GET /flaky`, the flakiness report, and how it is scoped |
 //!
 //! # Security model
 //!
@@ -88,6 +90,7 @@ pub mod webhook;
 mod api;
 mod context;
 mod dlq;
+mod flaky;
 mod metrics;
 mod stats;
 
@@ -123,6 +126,7 @@ pub fn router(state: ApiState) -> Router {
         .route(&at("/dlq/{id}"), get(dlq::show))
         .route(&at("/dlq/{id}/requeue"), post(dlq::requeue))
         .route(&at("/dlq/{id}/discard"), post(dlq::discard))
+        .route(&at("/flaky"), get(flaky::report))
         .route(&at("/health"), get(api::health))
         .route(&at("/metrics"), get(openapi::metrics))
         .route(&at("/openapi.json"), get(openapi::spec))

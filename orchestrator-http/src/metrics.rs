@@ -14,6 +14,10 @@ use std::time::Duration;
 use orchestrator_core::executor::Notification;
 use orchestrator_core::{Event, JobId, JobState};
 
+mod nodes;
+pub(crate) use nodes::JobNodes;
+use nodes::NodeMetrics;
+
 /// Upper bounds of the request-duration histogram, in seconds.
 const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -65,6 +69,7 @@ struct Jobs {
 pub(crate) struct Metrics {
     http: Mutex<Http>,
     jobs: Mutex<Jobs>,
+    nodes: Mutex<NodeMetrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -85,6 +90,7 @@ impl Metrics {
                 nodes_ended: BTreeMap::new(),
                 lagged: 0,
             }),
+            nodes: Mutex::new(NodeMetrics::default()),
         }
     }
 
@@ -103,6 +109,7 @@ impl Metrics {
 
     /// Folds one journaled event in.
     pub(crate) fn observe(&self, n: &Notification) {
+        lock(&self.nodes).observe(n);
         let mut jobs = lock(&self.jobs);
         let set = |jobs: &mut Jobs, state: JobState| {
             if state.is_terminal() {
@@ -178,6 +185,12 @@ impl Metrics {
         lock(&self.jobs).active = active;
     }
 
+    /// Replaces the running and ready node gauges' tracking with the
+    /// executor's active jobs as they are now.
+    pub(crate) fn resync_nodes(&self, jobs: HashMap<JobId, JobNodes>) {
+        lock(&self.nodes).resync(jobs);
+    }
+
     /// The exposition text.
     pub(crate) fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
@@ -217,6 +230,7 @@ impl Metrics {
             out.push_str("# HELP orchestrator_event_feed_lagged_total Event batches the metrics feed missed.\n# TYPE orchestrator_event_feed_lagged_total counter\n");
             let _ = writeln!(out, "orchestrator_event_feed_lagged_total {}", jobs.lagged);
         }
+        lock(&self.nodes).render(&mut out);
         let http = lock(&self.http);
         out.push_str("# HELP orchestrator_http_requests_total HTTP requests, by method, route and status.\n# TYPE orchestrator_http_requests_total counter\n");
         for ((method, route, status), n) in &http.requests {

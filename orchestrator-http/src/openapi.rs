@@ -18,6 +18,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::server::Server;
 use utoipa::{Modify, OpenApi};
 
+use orchestrator_core::StoreExt;
+
 use crate::state::ApiState;
 use crate::BASE_PATH;
 
@@ -62,6 +64,7 @@ impl Modify for BearerAuth {
         crate::dlq::show,
         crate::dlq::requeue,
         crate::dlq::discard,
+        crate::flaky::report,
         crate::api::health,
         metrics,
         spec,
@@ -87,14 +90,17 @@ pub(crate) async fn metrics(State(state): State<ApiState>) -> Response {
         // Rebuild the active-job gauges from what the executor runs now.
         if let Ok(ids) = state.executor().active_jobs().await {
             let mut active = HashMap::with_capacity(ids.len());
+            let mut nodes = HashMap::with_capacity(ids.len());
             for id in ids {
-                if let Ok(s) = state.executor().store().summary(&id).await {
-                    if !s.progress.state.is_terminal() {
-                        active.insert(id, s.progress.state);
+                if let Ok(view) = state.executor().store().load_view(&id).await {
+                    if !view.state.is_terminal() {
+                        active.insert(id.clone(), view.state);
+                        nodes.insert(id, crate::metrics::JobNodes::from_view(&view));
                     }
                 }
             }
             state.metrics().resync(active);
+            state.metrics().resync_nodes(nodes);
         }
     }
     (

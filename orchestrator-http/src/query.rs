@@ -390,9 +390,119 @@ pub(crate) fn events_query(raw: Option<&str>) -> Result<(u64, usize), ApiError> 
     Ok((after, limit))
 }
 
+/// Largest `limit` of `GET /flaky`.
+pub const MAX_FLAKY_LIMIT: usize = 1000;
+/// Default `limit` of `GET /flaky`.
+pub const DEFAULT_FLAKY_LIMIT: usize = 100;
+
+/// Parses `GET /flaky` parameters (owner left unset): `job_name`,
+/// `prefix`, `min_score`, `class`, `limit`, `cursor`.
+pub(crate) fn flaky_query(
+    raw: Option<&str>,
+) -> Result<orchestrator_core::flaky::FlakyQuery, ApiError> {
+    use orchestrator_core::flaky::{Classification, FlakyQuery, MAX_KEY_LEN};
+    let mut p = Params::parse(
+        raw,
+        &[
+            "job_name",
+            "prefix",
+            "min_score",
+            "class",
+            "limit",
+            "cursor",
+        ],
+    );
+    let mut query = FlakyQuery {
+        limit: DEFAULT_FLAKY_LIMIT,
+        ..FlakyQuery::default()
+    };
+    for (name, slot) in [
+        ("job_name", &mut query.job_name),
+        ("prefix", &mut query.prefix),
+        ("cursor", &mut query.cursor),
+    ] {
+        if let Some(v) = p.one(name) {
+            if v.is_empty() || v.len() > MAX_KEY_LEN {
+                p.problem(
+                    name,
+                    "invalid_value",
+                    format!("{name} must be 1 to {MAX_KEY_LEN} bytes"),
+                );
+            } else {
+                *slot = Some(v);
+            }
+        }
+    }
+    if let Some(raw) = p.one("min_score") {
+        match raw.parse::<f64>() {
+            Ok(m) if (0.0..=1.0).contains(&m) => query.min_score = Some(m),
+            _ => p.problem(
+                "min_score",
+                "invalid_value",
+                format!(
+                    "min_score must be a number from 0 to 1, got {:?}",
+                    clip(&raw)
+                ),
+            ),
+        }
+    }
+    if let Some(raw) = p.one("class") {
+        let all = [
+            Classification::New,
+            Classification::Stable,
+            Classification::Flaky,
+            Classification::Failing,
+        ];
+        match all.into_iter().find(|c| c.as_str() == raw) {
+            Some(c) => query.class = Some(c),
+            None => p.problem(
+                "class",
+                "invalid_value",
+                format!(
+                    "unknown class {:?}; one of: new, stable, flaky, failing",
+                    clip(&raw)
+                ),
+            ),
+        }
+    }
+    if let Some(n) = p.number("limit", 1, MAX_FLAKY_LIMIT as u64) {
+        query.limit = n as usize;
+    }
+    p.finish()?;
+    Ok(query)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flaky_parameters_parse_strictly() {
+        let q = flaky_query(Some(
+            "job_name=ci&prefix=ci%2F&min_score=0.25&class=flaky&limit=5&cursor=ci%2Fa",
+        ))
+        .unwrap();
+        assert_eq!(q.job_name.as_deref(), Some("ci"));
+        assert_eq!(q.prefix.as_deref(), Some("ci/"));
+        assert_eq!(q.min_score, Some(0.25));
+        assert_eq!(
+            q.class,
+            Some(orchestrator_core::flaky::Classification::Flaky)
+        );
+        assert_eq!((q.limit, q.cursor.as_deref()), (5, Some("ci/a")));
+        assert_eq!(flaky_query(None).unwrap().limit, DEFAULT_FLAKY_LIMIT);
+        let Err(ApiError::InvalidParameters(p)) =
+            flaky_query(Some("min_score=2&class=odd&limit=0&prefix=&owner=bob"))
+        else {
+            panic!("bad parameters accepted");
+        };
+        let mut paths: Vec<String> = p.into_iter().map(|p| p.path).collect();
+        paths.sort();
+        assert_eq!(
+            paths,
+            ["?class", "?limit", "?min_score", "?owner", "?prefix"]
+        );
+    }
 
     fn problems(raw: &str) -> Vec<(String, String)> {
         match list_query(Some(raw)) {
