@@ -180,6 +180,10 @@ pub(crate) enum Command {
     /// failed for good.
     #[command(subcommand)]
     Dlq(crate::dlq::DlqCommand),
+    /// Report flaky tests: each test's flakiness score from its recorded
+    /// history across jobs, most flaky first.
+    #[command(after_help = FLAKY_EXAMPLES)]
+    Flaky(FlakyArgs),
     /// Serve the REST API (JWT auth, live events, metrics, OpenAPI docs).
     #[command(after_help = SERVE_EXAMPLES)]
     Serve(ServeArgs),
@@ -520,6 +524,44 @@ pub(crate) struct GraphArgs {
     pub(crate) job: Option<JobId>,
     #[command(flatten)]
     pub(crate) store: StoreArgs,
+}
+
+const FLAKY_EXAMPLES: &str = "\
+Examples:
+  # Every test with a history, most flaky first:
+  orchestrator flaky --store sled:.orchestrator
+
+  # Only the tests of the `nightly` job scoring at least 0.2, as JSON:
+  orchestrator flaky --job-name nightly --min-score 0.2 --json
+
+The score is the flip rate of a test's last runs (a run that failed then
+passed counts as a flip, as does a result different from the previous
+run's); `class` is new, stable, flaky or failing.";
+
+/// `orchestrator flaky`.
+#[derive(Debug, Args)]
+pub(crate) struct FlakyArgs {
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// Only tests run by jobs of exactly this name.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) job_name: Option<String>,
+    /// Only test keys starting with this.
+    #[arg(long, value_name = "PREFIX")]
+    pub(crate) prefix: Option<String>,
+    /// Only tests whose score is at least this (0 to 1).
+    #[arg(long, value_name = "SCORE", value_parser = parse_score)]
+    pub(crate) min_score: Option<f64>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+fn parse_score(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a score from 0 to 1")),
+    }
 }
 
 /// `orchestrator jobs …`.

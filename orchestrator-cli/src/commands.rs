@@ -75,6 +75,7 @@ pub(crate) fn execute(command: Command) -> Result<u8, CliError> {
             Command::Jobs(JobsCommand::Show(args)) => show(args).await,
             Command::Jobs(JobsCommand::Cancel(args)) => cancel(args).await,
             Command::Dlq(command) => crate::dlq::execute(command).await,
+            Command::Flaky(args) => crate::flaky::flaky(args).await,
             Command::Serve(args) => crate::serve::serve(args).await,
             Command::Token(args) => crate::serve::token(&args),
             Command::Stats(args) => crate::stats::stats(args).await,

@@ -9,6 +9,10 @@
 //! | failed, timed out, dead-lettered | `<failure>` for its first failed attempt, `<rerunFailure>` for each later one |
 //! | cancelled while running | `<error type="cancelled">` |
 //! | skipped, upstream failed, or never started | `<skipped>` with the reason |
+//! | quarantined and failed or timed out | `<skipped type="quarantined">` with the failure as its message (JUnit consumers show it, none counts it as a failure) |
+//!
+//! Every quarantined testcase also carries the property `quarantined=true`,
+//! and a flaky one (failed, then passed) `flaky=true`.
 //!
 //! A node's attempts come from the job's journal, which records every
 //! attempt's start and failure. The `process` runner's output
@@ -159,6 +163,25 @@ pub(crate) fn test_suite(status: &JobStatus, records: &[Record]) -> TestSuite {
             .collect();
         let mut main: Option<&Attempt> = tries.last();
         let status_of_case = match node.state {
+            NodeState::Failed | NodeState::TimedOut if node.quarantined => {
+                // A quarantined failure does not count: reported as skipped
+                // (what every JUnit consumer understands), failure included.
+                let mut s = TestCaseStatus::skipped();
+                let why = failed.last().map_or_else(
+                    || format!("quarantined: {}", node.state),
+                    |(_, f)| {
+                        let (head, _, _) = split_output(&f.message);
+                        format!(
+                            "quarantined: {} ({}: {})",
+                            node.state,
+                            f.class,
+                            failure_summary(head, 400)
+                        )
+                    },
+                );
+                s.set_type("quarantined").set_message(why);
+                s
+            }
             NodeState::Succeeded | NodeState::Compensating | NodeState::Compensated => {
                 let mut s = TestCaseStatus::success();
                 s.add_reruns(failed.iter().map(|(a, f)| rerun(a, f)));
@@ -196,6 +219,12 @@ pub(crate) fn test_suite(status: &JobStatus, records: &[Record]) -> TestSuite {
         };
         let mut case = TestCase::new(node.id.as_str(), status_of_case);
         case.set_classname(status.name.as_str());
+        if node.quarantined {
+            case.add_property(("quarantined", "true"));
+        }
+        if node.flaky {
+            case.add_property(("flaky", "true"));
+        }
         if let Some(d) = node.duration_ms {
             case.set_time(Duration::from_millis(d));
         }
@@ -330,7 +359,71 @@ mod tests {
             } else {
                 Value::Null
             },
+            flaky: state == NodeState::Succeeded && attempts > 1,
+            quarantined: false,
         }
+    }
+
+    #[test]
+    fn quarantined_failures_are_skipped_with_their_failure() {
+        let mut q = node("e2e", NodeState::Failed, 1);
+        q.quarantined = true;
+        let status = JobStatus {
+            id: "J2".parse::<JobId>().unwrap(),
+            name: "ci".into(),
+            description: None,
+            owner: "local".into(),
+            labels: Default::default(),
+            priority: 0,
+            state: JobState::Succeeded,
+            progress_percent: 100.0,
+            nodes_total: 2,
+            nodes_finished: 2,
+            nodes_failed: 1,
+            created_at: Timestamp(900),
+            started_at: Some(Timestamp(1_000)),
+            finished_at: Some(Timestamp(1_300)),
+            updated_at: Timestamp(1_300),
+            version: 9,
+            cancel_reason: None,
+            nodes: vec![q, node("unit", NodeState::Succeeded, 2)],
+        };
+        let records = [
+            rec(
+                3,
+                1_000,
+                Event::NodeStarted {
+                    node: 0,
+                    attempt: 1,
+                },
+            ),
+            rec(
+                4,
+                1_200,
+                Event::NodeFailed {
+                    node: 0,
+                    attempt: 1,
+                    failure: Failure::new(FailureClass::Unknown, "exit 1"),
+                    retry_in_ms: None,
+                },
+            ),
+        ];
+        let xml = report(&[(status, records.to_vec())]).to_string().unwrap();
+        assert!(
+            xml.contains(
+                r#"<skipped message="quarantined: failed (unknown: exit 1)" type="quarantined"/>"#
+            ),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(r#"<property name="quarantined" value="true"/>"#),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(r#"<property name="flaky" value="true"/>"#),
+            "{xml}"
+        );
+        assert!(!xml.contains("<failure"), "{xml}");
     }
 
     #[test]

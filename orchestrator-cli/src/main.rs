@@ -57,6 +57,7 @@ mod commands;
 mod describe;
 mod dlq;
 mod error;
+mod flaky;
 mod follow;
 mod graph;
 mod junit;

@@ -109,9 +109,10 @@ pub(crate) fn pad(text: &str, width: usize) -> String {
     out
 }
 
-/// Whether a node passed only after failed attempts.
+/// Whether a node passed only after failed attempts (the engine's own
+/// notion, [`NodeStatus::flaky`]).
 pub(crate) fn is_flaky(node: &NodeStatus) -> bool {
-    node.state == NodeState::Succeeded && node.attempts > 1
+    node.flaky
 }
 
 /// The width of the node id column for these ids.
@@ -168,6 +169,8 @@ pub(crate) fn node_table(status: &JobStatus, width: Option<usize>) -> String {
         .map(|n| {
             if is_flaky(n) {
                 format!("{} (flaky)", n.state)
+            } else if n.quarantined {
+                format!("{} (quarantined)", n.state)
             } else {
                 n.state.to_string()
             }
@@ -218,8 +221,15 @@ pub(crate) fn totals_line(status: &JobStatus) -> String {
             continue;
         }
         let flaky = status.nodes.iter().filter(|x| is_flaky(x)).count();
+        let quarantined = status
+            .nodes
+            .iter()
+            .filter(|x| x.state == state && x.quarantined)
+            .count();
         if state == NodeState::Succeeded && flaky > 0 {
             counts.push(format!("{n} {state} ({flaky} flaky)"));
+        } else if quarantined > 0 {
+            counts.push(format!("{n} {state} ({quarantined} quarantined)"));
         } else {
             counts.push(format!("{n} {state}"));
         }
@@ -295,6 +305,8 @@ mod tests {
             retry_at: None,
             last_error: error,
             output: serde_json::Value::Null,
+            flaky: state == NodeState::Succeeded && attempts > 1,
+            quarantined: false,
         }
     }
 
