@@ -1733,26 +1733,36 @@ impl Scheduler {
         let Some(job) = self.jobs[slot].as_ref() else {
             return;
         };
-        let outcomes = run_outcomes(&job.view);
+        // A compact copy of what the outcomes need (a few bytes a node);
+        // the outcomes themselves are built a chunk at a time in the task,
+        // so a million-node job never holds a million of them at once.
+        let ran = ran_nodes(&job.view);
+        let view = OutcomeSource {
+            header: Arc::clone(&job.view.header),
+            updated_at: job.view.updated_at,
+        };
         let gen = job.gen;
         let id = job.id().clone();
         let done = self.done_tx.clone();
         let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
             let keep = shared.config.flaky.keep;
-            let mut failures = 0;
-            while !outcomes.is_empty() {
-                match shared.store.record_outcomes(&outcomes, keep).await {
-                    Ok(()) => break,
-                    Err(e) if e.is_retryable() && failures < HISTORY_TRIES => {
-                        failures += 1;
-                        let delay = shared.config.store_retry_delay(failures);
-                        tracing::warn!(job = %id, error = %e, retry_in_ms = delay.as_millis() as u64, "recording test history failed; retrying");
-                        tokio::time::sleep(delay).await;
-                    }
-                    Err(e) => {
-                        tracing::error!(job = %id, error = %e, "could not record test history; the job finishes without it");
-                        break;
+            'chunks: for chunk in ran.chunks(HISTORY_CHUNK) {
+                let outcomes = view.outcomes(chunk);
+                let mut failures = 0;
+                loop {
+                    match shared.store.record_outcomes(&outcomes, keep).await {
+                        Ok(()) => break,
+                        Err(e) if e.is_retryable() && failures < HISTORY_TRIES => {
+                            failures += 1;
+                            let delay = shared.config.store_retry_delay(failures);
+                            tracing::warn!(job = %id, error = %e, retry_in_ms = delay.as_millis() as u64, "recording test history failed; retrying");
+                            tokio::time::sleep(delay).await;
+                        }
+                        Err(e) => {
+                            tracing::error!(job = %id, error = %e, "could not record test history; the job finishes without it");
+                            break 'chunks;
+                        }
                     }
                 }
             }
@@ -2098,35 +2108,73 @@ fn compile_rules(
 /// given up.
 const HISTORY_TRIES: u32 = 5;
 
-/// The outcome of every node of `view` that ran to a result of its own in
-/// this run (succeeded, failed or timed out after at least one attempt;
+/// Outcomes recorded per store call.
+const HISTORY_CHUNK: usize = 1000;
+
+/// What one node's recorded outcome needs from the view.
+#[derive(Clone, Copy)]
+struct Ran {
+    node: u32,
+    passed: bool,
+    flaky: bool,
+    quarantined: bool,
+    attempts: u32,
+    at: Option<Timestamp>,
+}
+
+/// Every node of `view` that ran to a result of its own in this run
+/// (succeeded, failed or timed out after at least one attempt;
 /// carried-over nodes did not run).
-pub(crate) fn run_outcomes(view: &JobView) -> Vec<TestOutcome> {
-    let spec = view.spec();
+fn ran_nodes(view: &JobView) -> Vec<Ran> {
     view.nodes
         .iter()
-        .zip(spec.nodes())
-        .filter(|(n, _)| {
+        .enumerate()
+        .filter(|(_, n)| {
             n.machine.attempts > 0
                 && matches!(
                     n.state(),
                     NodeState::Succeeded | NodeState::Failed | NodeState::TimedOut
                 )
         })
-        .map(|(n, s)| TestOutcome {
-            key: crate::flaky::test_key(&spec.name, s),
-            outcome: RunOutcome {
-                job: view.id().clone(),
-                job_name: spec.name.clone(),
-                owner: view.header.owner.clone(),
-                at: n.finished_at.unwrap_or(view.updated_at),
-                passed: n.state() == NodeState::Succeeded,
-                flaky: n.flaky(),
-                attempts: n.machine.attempts,
-                quarantined: n.quarantined,
-            },
+        .map(|(i, n)| Ran {
+            node: i as u32,
+            passed: n.state() == NodeState::Succeeded,
+            flaky: n.flaky(),
+            quarantined: n.quarantined,
+            attempts: n.machine.attempts,
+            at: n.finished_at,
         })
         .collect()
+}
+
+/// The job-wide part of its outcomes.
+struct OutcomeSource {
+    header: Arc<crate::journal::JobHeader>,
+    updated_at: Timestamp,
+}
+
+impl OutcomeSource {
+    fn outcomes(&self, ran: &[Ran]) -> Vec<TestOutcome> {
+        let spec = &self.header.spec;
+        ran.iter()
+            .filter_map(|r| {
+                let node = spec.nodes().get(r.node as usize)?;
+                Some(TestOutcome {
+                    key: crate::flaky::test_key(&spec.name, node),
+                    outcome: RunOutcome {
+                        job: self.header.id.clone(),
+                        job_name: spec.name.clone(),
+                        owner: self.header.owner.clone(),
+                        at: r.at.unwrap_or(self.updated_at),
+                        passed: r.passed,
+                        flaky: r.flaky,
+                        attempts: r.attempts,
+                        quarantined: r.quarantined,
+                    },
+                })
+            })
+            .collect()
+    }
 }
 
 /// The policy of last resort when even the default no longer compiles.
