@@ -289,6 +289,8 @@ impl TestHistoryStore for StopBeforeEnd {
     }
 }
 
+orchestrator_core::forward_lease_store!(StopBeforeEnd => inner);
+
 #[async_trait]
 impl Store for StopBeforeEnd {
     async fn create_job(&self, s: &JobSummary, r: &[Record]) -> Result<(), StoreError> {
@@ -300,6 +302,7 @@ impl Store for StopBeforeEnd {
         expected: u64,
         records: &[Record],
         p: &Progress,
+        fence: u64,
     ) -> Result<u64, StoreError> {
         if self.recorded.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable {
@@ -307,7 +310,7 @@ impl Store for StopBeforeEnd {
                 source: None,
             });
         }
-        self.inner.append(job, expected, records, p).await
+        self.inner.append(job, expected, records, p, fence).await
     }
     async fn read(&self, job: &JobId, after: u64, limit: usize) -> Result<Vec<Record>, StoreError> {
         self.inner.read(job, after, limit).await

@@ -205,7 +205,7 @@ impl TestHistoryStore for MongoStore {
                         outcomes,
                     }),
                     Err(e) => {
-                        tracing::error!(error = %e, "skipping a test history that does not decode")
+                        tracing::error!(error = %e, "skipping a test history that does not decode");
                     }
                 }
             }

@@ -30,14 +30,15 @@
 //! `testkit`) unchanged.
 //!
 //! Beyond jobs, a store keeps the dead-letter queue ([`DeadLetterStore`],
-//! module [`dead_letter`]), a supertrait of [`Store`] with its own contract.
+//! module [`dead_letter`]) and test histories ([`TestHistoryStore`], module
+//! [`history`]), supertraits of [`Store`] with their own contracts.
 
 pub mod dead_letter;
-pub mod lease;
 pub mod history;
+pub mod lease;
 mod memory;
-pub mod policy;
 mod memory_history;
+pub mod policy;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -51,8 +52,8 @@ use crate::state::JobState;
 use crate::time::{JobId, Timestamp};
 
 pub use dead_letter::DeadLetterStore;
-pub use lease::{Lease, LeaseStore};
 pub use history::{HistoryPage, HistoryQuery, TestHistory, TestHistoryStore};
+pub use lease::{Lease, LeaseStore};
 pub use memory::MemoryStore;
 pub use policy::PolicyStore;
 

@@ -54,11 +54,11 @@ pub async fn history_records_and_reads_back(store: Arc<dyn Store>) {
 pub async fn history_recording_is_idempotent_per_job_and_key(store: Arc<dyn Store>) {
     let first = outcome("k", "job-1", "ci", 1, false);
     store
-        .record_outcomes(&[first.clone()], 10)
+        .record_outcomes(std::slice::from_ref(&first), 10)
         .await
         .expect("record");
     store
-        .record_outcomes(&[first.clone()], 10)
+        .record_outcomes(std::slice::from_ref(&first), 10)
         .await
         .expect("again");
     let mut changed = first.clone();
@@ -105,7 +105,9 @@ pub async fn history_rejects_bad_input_untouched(store: Arc<dyn Store>) {
     ));
     for keep in [0, crate::store::history::MAX_KEEP + 1] {
         assert!(matches!(
-            store.record_outcomes(&[good.clone()], keep).await,
+            store
+                .record_outcomes(std::slice::from_ref(&good), keep)
+                .await,
             Err(StoreError::Invalid(_))
         ));
     }
