@@ -1007,6 +1007,7 @@ async fn the_openapi_document_is_valid_and_served_where_the_api_is_mounted() {
         ("/jobs", "get"),
         ("/job/{job_id}/events", "get"),
         ("/job/{job_id}/retry", "post"),
+        ("/flaky", "get"),
         ("/health", "get"),
         ("/metrics", "get"),
         ("/openapi.json", "get"),
@@ -1036,6 +1037,7 @@ async fn the_openapi_document_is_valid_and_served_where_the_api_is_mounted() {
         .retry(orchestrator_core::RetrySpec::new())
         .pool("p", 1)
         .on_failure(orchestrator_core::OnFailure::Rollback)
+        .flaky(orchestrator_core::flaky::FlakySpec::default())
         .node(orchestrator_core::NodeSpec::new("a", "noop"))
         .build();
     let mut full = full;
