@@ -20,13 +20,13 @@
 //!   order-sensitive: `P P F F` has one flip (0.25), `P F P F` three (0.75).
 //! - `fail_rate = failed runs / n`, in `[0, 1]`.
 //!
-//! The [`Classification`], with [`Thresholds`] (defaults in brackets):
+//! The [`Classification`], with [`Thresholds`] (defaults in parentheses):
 //!
-//! 1. fewer than `min_runs` [3] runs: [`Classification::New`] — too little
+//! 1. fewer than `min_runs` (3) runs: [`Classification::New`] — too little
 //!    history to act on;
-//! 2. `fail_rate >= failing_at` [0.8]: [`Classification::Failing`] — a test
+//! 2. `fail_rate >= failing_at` (0.8): [`Classification::Failing`] — a test
 //!    that fails four runs in five is broken, not flaky;
-//! 3. `flip_rate >= flaky_at` [0.2]: [`Classification::Flaky`];
+//! 3. `flip_rate >= flaky_at` (0.2): [`Classification::Flaky`];
 //! 4. otherwise [`Classification::Stable`].
 //!
 //! # Adaptive retries and quarantine
