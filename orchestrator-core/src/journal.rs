@@ -22,8 +22,8 @@ use serde_json::Value;
 
 use crate::breaker::BreakerState;
 use crate::failure::{Failure, FailureClass};
-use crate::recovery::{EscalationCause, RecoveryKind, RecoveryOutcome};
 use crate::flaky::{AttemptBudget, Decision, Score};
+use crate::recovery::{EscalationCause, RecoveryKind, RecoveryOutcome};
 use crate::spec::JobSpec;
 use crate::state::{
     InvalidTransition, JobEffect, JobEvent, JobState, NodeEffect, NodeEvent, NodeMachine, NodeState,

@@ -472,6 +472,7 @@ impl DeadLetterStore for NoDeadLetters {
 
 orchestrator_core::forward_lease_store!(NoDeadLetters => inner);
 orchestrator_core::forward_policy_store!(NoDeadLetters => inner);
+orchestrator_core::forward_test_history_store!(NoDeadLetters => inner);
 
 #[async_trait]
 impl Store for NoDeadLetters {

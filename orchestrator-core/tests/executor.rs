@@ -581,30 +581,6 @@ struct Flaky {
 orchestrator_core::forward_store_extensions!(Flaky => inner);
 
 #[async_trait]
-impl orchestrator_core::store::TestHistoryStore for Flaky {
-    async fn record_outcomes(
-        &self,
-        outcomes: &[orchestrator_core::flaky::TestOutcome],
-        keep: usize,
-    ) -> Result<(), StoreError> {
-        orchestrator_core::store::TestHistoryStore::record_outcomes(&self.inner, outcomes, keep)
-            .await
-    }
-    async fn test_history(
-        &self,
-        key: &str,
-    ) -> Result<Vec<orchestrator_core::flaky::RunOutcome>, StoreError> {
-        orchestrator_core::store::TestHistoryStore::test_history(&self.inner, key).await
-    }
-    async fn list_test_histories(
-        &self,
-        query: &orchestrator_core::store::HistoryQuery,
-    ) -> Result<orchestrator_core::store::HistoryPage, StoreError> {
-        orchestrator_core::store::TestHistoryStore::list_test_histories(&self.inner, query).await
-    }
-}
-
-#[async_trait]
 impl Store for Flaky {
     async fn create_job(&self, s: &JobSummary, r: &[Record]) -> Result<(), StoreError> {
         let left = self

@@ -164,6 +164,44 @@ pub fn merge(history: &mut Vec<RunOutcome>, outcome: &RunOutcome, keep: usize) -
     !(excess > 0 && pos < excess)
 }
 
+/// Implements [`TestHistoryStore`] for a wrapper by forwarding to a field
+/// (see [`forward_store_extensions!`](crate::forward_store_extensions)).
+#[macro_export]
+macro_rules! forward_test_history_store {
+    ($ty:ty => $field:ident) => {
+        #[$crate::__private::async_trait]
+        impl $crate::store::TestHistoryStore for $ty {
+            async fn record_outcomes(
+                &self,
+                outcomes: &[$crate::flaky::TestOutcome],
+                keep: usize,
+            ) -> ::std::result::Result<(), $crate::StoreError> {
+                use $crate::store::TestHistoryStore as _;
+                self.$field.record_outcomes(outcomes, keep).await
+            }
+
+            async fn test_history(
+                &self,
+                key: &str,
+            ) -> ::std::result::Result<
+                ::std::vec::Vec<$crate::flaky::RunOutcome>,
+                $crate::StoreError,
+            > {
+                use $crate::store::TestHistoryStore as _;
+                self.$field.test_history(key).await
+            }
+
+            async fn list_test_histories(
+                &self,
+                query: &$crate::store::HistoryQuery,
+            ) -> ::std::result::Result<$crate::store::HistoryPage, $crate::StoreError> {
+                use $crate::store::TestHistoryStore as _;
+                self.$field.list_test_histories(query).await
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -420,13 +420,14 @@ pub fn check_sequence(job: &JobId, expected: u64, records: &[Record]) -> Result<
 }
 
 /// Implements every store trait but [`Store`] itself — [`LeaseStore`],
-/// [`PolicyStore`], [`DeadLetterStore`] — for a store wrapper by forwarding
+/// [`PolicyStore`], [`DeadLetterStore`], [`TestHistoryStore`] — for a store wrapper by forwarding
 /// every method to one of its fields: for wrappers that add behaviour
 /// (faults, metrics, logging) to the journal methods only, so that they
 /// keep compiling as the store grows. A wrapper that changes one of them
 /// uses the per-trait macros ([`forward_lease_store!`](crate::forward_lease_store),
 /// [`forward_policy_store!`](crate::forward_policy_store),
-/// [`forward_dead_letter_store!`](crate::forward_dead_letter_store)) for the
+/// [`forward_dead_letter_store!`](crate::forward_dead_letter_store),
+/// [`forward_test_history_store!`](crate::forward_test_history_store)) for the
 /// others.
 ///
 /// ```
@@ -443,6 +444,7 @@ macro_rules! forward_store_extensions {
         $crate::forward_lease_store!($ty => $field);
         $crate::forward_policy_store!($ty => $field);
         $crate::forward_dead_letter_store!($ty => $field);
+        $crate::forward_test_history_store!($ty => $field);
     };
 }
 
