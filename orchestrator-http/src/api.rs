@@ -8,7 +8,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use orchestrator_core::store::{Cursor, JobQuery};
-use orchestrator_core::{JobId, JobSpec, JobStatus, JobSummary, NodeState, StoreExt};
+use orchestrator_core::{
+    ExecutorError, JobId, JobSpec, JobStatus, JobSummary, NodeState, StoreExt,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -67,19 +69,22 @@ fn location(base: &str, id: &JobId) -> HeaderValue {
 
 /// Every problem of `spec` for this server: the node policy's and the
 /// engine's (without duplicate "unknown type" reports for types the policy
-/// already refused).
-pub(crate) fn check_spec(state: &ApiState, spec: &JobSpec) -> Result<(), ApiError> {
+/// already refused). Stored policies the spec names are looked up in the
+/// store ([`Executor::check`](orchestrator_core::Executor::check)), so a
+/// reference to an existing one is not reported as unknown.
+pub(crate) async fn check_spec(state: &ApiState, spec: &JobSpec) -> Result<(), ApiError> {
     let policy = state.config().nodes.check(spec);
     if policy.is_empty() {
         return Ok(());
     }
     let flagged: HashSet<&str> = policy.iter().map(|p| p.path.as_str()).collect();
-    let mut problems: Vec<FieldProblem> = match state.executor().validate(spec) {
+    let mut problems: Vec<FieldProblem> = match state.executor().check(spec).await {
         Ok(_) => Vec::new(),
-        Err(e) => FieldProblem::from_validation(&e)
+        Err(ExecutorError::Invalid(e)) => FieldProblem::from_validation(&e)
             .into_iter()
             .filter(|p| !(p.code == "unknown_node_type" && flagged.contains(p.path.as_str())))
             .collect(),
+        Err(other) => return Err(other.into()),
     };
     problems.extend(policy);
     Err(ApiError::InvalidSpec(problems))
@@ -108,7 +113,7 @@ pub(crate) async fn submit(
     OriginalUri(uri): OriginalUri,
     SpecBody(spec): SpecBody,
 ) -> Result<Response, ApiError> {
-    check_spec(&state, &spec)?;
+    check_spec(&state, &spec).await?;
     let id = state.executor().submit(spec, &caller.sub).await?;
     let status = state.executor().status(&id).await?;
     tracing::info!(job = %id, user = %caller.sub, "job submitted");
@@ -313,7 +318,7 @@ pub(crate) async fn retry(
     }
     // The node types may have been allowed when the job was submitted and
     // no longer be.
-    check_spec(&state, view.spec())?;
+    check_spec(&state, view.spec()).await?;
     let owner = view.header.owner.clone();
     let new = state
         .executor()

@@ -135,7 +135,7 @@ pub(crate) async fn requeue(
     // The node's type may have been allowed when the job was submitted and
     // no longer be.
     let view = state.executor().store().load_view(&entry.job).await?;
-    check_spec(&state, view.spec())?;
+    check_spec(&state, view.spec()).await?;
     let job = state.executor().requeue(&entry.id, &caller.sub).await?;
     tracing::info!(dead_letter = %entry.id, user = %caller.sub, "dead letter requeued");
     let status = state.executor().status(&job).await?;
