@@ -179,6 +179,22 @@ pub enum ApiError {
     /// The dead letter cannot be requeued (409 `not_requeueable`).
     #[error("{0}")]
     NotRequeueable(String),
+    /// The caller's token lacks the role the endpoint needs (403
+    /// `forbidden`).
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    /// No such stored policy (404 `policy_not_found`).
+    #[error("policy not found")]
+    PolicyNotFound,
+    /// A different policy is stored under this `name@version` (409
+    /// `policy_conflict`): versions are immutable.
+    #[error("policy {name}@{version} already exists with a different body")]
+    PolicyConflict {
+        /// The policy's name.
+        name: String,
+        /// The version.
+        version: u32,
+    },
     /// The request body is JSON of the wrong shape (422 `invalid_body`).
     #[error("invalid request body")]
     InvalidBody(Vec<FieldProblem>),
@@ -202,10 +218,14 @@ impl ApiError {
         match self {
             Self::MalformedJson(_) | Self::InvalidParameters(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::JobNotFound | Self::RouteNotFound | Self::DeadLetterNotFound => {
-                StatusCode::NOT_FOUND
-            }
-            Self::DeadLetterResolved { .. } | Self::NotRequeueable(_) => StatusCode::CONFLICT,
+            Self::JobNotFound
+            | Self::RouteNotFound
+            | Self::DeadLetterNotFound
+            | Self::PolicyNotFound => StatusCode::NOT_FOUND,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::DeadLetterResolved { .. }
+            | Self::NotRequeueable(_)
+            | Self::PolicyConflict { .. } => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -238,6 +258,9 @@ impl ApiError {
             Self::DeadLetterNotFound => "dead_letter_not_found",
             Self::DeadLetterResolved { .. } => "dead_letter_resolved",
             Self::NotRequeueable(_) => "not_requeueable",
+            Self::Forbidden(_) => "forbidden",
+            Self::PolicyNotFound => "policy_not_found",
+            Self::PolicyConflict { .. } => "policy_conflict",
             Self::InvalidBody(_) => "invalid_body",
             Self::RateLimited { .. } => "rate_limited",
             Self::Unavailable(_) => "unavailable",
@@ -262,6 +285,9 @@ impl ApiError {
             Self::DeadLetterNotFound => "Dead letter not found",
             Self::DeadLetterResolved { .. } => "Dead letter already resolved",
             Self::NotRequeueable(_) => "Dead letter not requeueable",
+            Self::Forbidden(_) => "Forbidden",
+            Self::PolicyNotFound => "Policy not found",
+            Self::PolicyConflict { .. } => "Policy version already exists",
             Self::InvalidBody(_) => "Invalid request body",
             Self::RateLimited { .. } => "Too many requests",
             Self::Unavailable(_) => "Service unavailable",
@@ -307,6 +333,11 @@ impl ApiError {
                 format!("dead letter {id} is already {status}")
             }
             Self::NotRequeueable(why) => why.clone(),
+            Self::Forbidden(why) => (*why).to_owned(),
+            Self::PolicyNotFound => "no stored policy with this name or version".to_owned(),
+            Self::PolicyConflict { name, version } => format!(
+                "policy {name}@{version} already exists with a different body; versions are immutable: store a new version instead"
+            ),
             Self::InvalidBody(p) => format!(
                 "the request body has {} problem{}",
                 p.len(),

@@ -39,6 +39,10 @@
 //! | `GET /job/{id}/events` | the journal, paged; or live SSE | 200, 400, 401, 404, 429 |
 //! | `POST /job/{id}/retry` | re-run what did not succeed, as a new job | 202, 401, 404, 422, 429 |
 //! | `GET /flaky` | flakiness report: tests with their scores, scored over the caller's runs (every run for an admin) | 200, 400, 401, 429 |
+//! | `GET /policies` | stored retry policies: the latest of each, or every version (`all=true`) | 200, 400, 401, 429 |
+//! | `POST /policies` | store a policy version (admin) | 201, 200 (identical), 400, 401, 403, 409, 415, 422, 429 |
+//! | `GET /policies/{name}[@{version}]` | one policy: the latest version, or that one | 200, 401, 404, 429 |
+//! | `GET /breakers` | the executor's circuit breakers: state, window, waiting nodes | 200, 401, 429 |
 //! | `GET /health` | store and executor status (no token) | 200, 503 |
 //! | `GET /metrics` | Prometheus text (no token) | 200 |
 //! | `GET /openapi.json`, `GET /docs` | the OpenAPI description and a docs page (no token) | 200 |
@@ -60,8 +64,9 @@
 //! | [`events`] | journal pages and the SSE stream |
 //! | [`webhook`] | the webhook notification sink: signed POSTs, retries with backoff, a dead-letter file |
 //! | [`openapi`] | [`ApiDoc`], `/openapi.json`, `/docs`, `/metrics` |
-//! | `api`, `stats`, `context`, `metrics` | the job handlers and `/health`; request ids, logs and HTTP metrics; the Prometheus registry |
 //! | `flaky` | `GET /flaky`, the flakiness report, and how it is scoped |
+//! | `policies` | stored retry policies and the executor's circuit breakers ([`PolicyList`], [`BreakerList`]) |
+//! | `api`, `stats`, `context`, `metrics`, `breaker_metrics` | the job handlers and `/health`; request ids, logs and HTTP metrics; the Prometheus registry; the breaker block of `/metrics` |
 //!
 //! # Security model
 //!
@@ -88,10 +93,12 @@ pub mod state;
 pub mod webhook;
 
 mod api;
+mod breaker_metrics;
 mod context;
 mod dlq;
 mod flaky;
 mod metrics;
+mod policies;
 mod stats;
 
 use axum::routing::{get, post};
@@ -105,6 +112,7 @@ pub use error::{ApiError, FieldProblem, ProblemDetails, PROBLEM_JSON};
 pub use events::{EventPage, EventRecord};
 pub use limit::RateLimit;
 pub use openapi::ApiDoc;
+pub use policies::{BreakerList, PolicyList};
 pub use policy::NodePolicy;
 pub use state::{ApiState, ApiStateBuilder, HttpConfig};
 
@@ -127,6 +135,9 @@ pub fn router(state: ApiState) -> Router {
         .route(&at("/dlq/{id}/requeue"), post(dlq::requeue))
         .route(&at("/dlq/{id}/discard"), post(dlq::discard))
         .route(&at("/flaky"), get(flaky::report))
+        .route(&at("/policies"), get(policies::list).post(policies::create))
+        .route(&at("/policies/{policy}"), get(policies::show))
+        .route(&at("/breakers"), get(policies::breakers))
         .route(&at("/health"), get(api::health))
         .route(&at("/metrics"), get(openapi::metrics))
         .route(&at("/openapi.json"), get(openapi::spec))

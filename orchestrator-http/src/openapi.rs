@@ -65,6 +65,10 @@ impl Modify for BearerAuth {
         crate::dlq::requeue,
         crate::dlq::discard,
         crate::flaky::report,
+        crate::policies::list,
+        crate::policies::show,
+        crate::policies::create,
+        crate::policies::breakers,
         crate::api::health,
         metrics,
         spec,
@@ -74,13 +78,14 @@ impl Modify for BearerAuth {
     tags(
         (name = "jobs", description = "Submit, inspect, cancel, retry and follow jobs (bearer token required)."),
         (name = "dead letters", description = "Nodes that failed for good: list, inspect, requeue or discard them (the job's owner or an admin)."),
+        (name = "policies", description = "Stored, versioned retry policies (admins store them) and the executor's circuit breakers."),
         (name = "operations", description = "Health, metrics and this description (no token)."),
     )
 )]
 pub struct ApiDoc;
 
 /// Prometheus metrics: jobs by state, node attempts and results by class,
-/// HTTP requests by route and status, request durations.
+/// HTTP requests by route and status, request durations, circuit breakers.
 #[utoipa::path(
     get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format 0.0.4.", body = String, content_type = "text/plain"))
@@ -108,7 +113,14 @@ pub(crate) async fn metrics(State(state): State<ApiState>) -> Response {
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        state.metrics().render(),
+        {
+            let mut text = state.metrics().render();
+            // An executor that has shut down has no breakers to report.
+            if let Ok(breakers) = state.executor().breakers().await {
+                crate::breaker_metrics::render(&mut text, &breakers);
+            }
+            text
+        },
     )
         .into_response()
 }

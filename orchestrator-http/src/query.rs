@@ -472,6 +472,26 @@ pub(crate) fn flaky_query(
     Ok(query)
 }
 
+/// Parses `GET /policies` parameters: whether every version is wanted.
+pub(crate) fn policies_query(raw: Option<&str>) -> Result<bool, ApiError> {
+    let mut p = Params::parse(raw, &["all"]);
+    let all = match p.one("all").as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            let shown = clip(other);
+            p.problem(
+                "all",
+                "invalid_value",
+                format!("all must be true or false, got {shown:?}"),
+            );
+            false
+        }
+    };
+    p.finish()?;
+    Ok(all)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
