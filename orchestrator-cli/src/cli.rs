@@ -194,6 +194,9 @@ pub(crate) enum Command {
     /// share of failures recovered automatically, retries per node type.
     #[command(after_help = STATS_EXAMPLES)]
     Stats(crate::stats::StatsArgs),
+    /// Stored, versioned retry policies: list, show, create.
+    #[command(subcommand)]
+    Policy(crate::policy::PolicyCommand),
 }
 
 /// JWT settings shared by `serve` and `token`.
@@ -497,6 +500,10 @@ pub(crate) struct ValidateArgs {
     /// Print the problems (or the DAG's description) as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Where stored policies the plan names are looked up (opened only
+    /// when the plan names one).
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
 }
 
 /// Graph output formats.

@@ -79,6 +79,7 @@ pub(crate) fn execute(command: Command) -> Result<u8, CliError> {
             Command::Serve(args) => crate::serve::serve(args).await,
             Command::Token(args) => crate::serve::token(&args),
             Command::Stats(args) => crate::stats::stats(args).await,
+            Command::Policy(command) => crate::policy::execute(command).await,
         }
     });
     // Dropping the runtime drops attempts still in flight (after a second
@@ -432,15 +433,25 @@ async fn validate(args: ValidateArgs) -> Result<u8, CliError> {
         Err(e) => return Err(e),
     };
     // The executor's own validation also checks that every node type has a
-    // runner; it needs a store, which an empty in-memory one is.
-    let executor = start_executor(
-        Arc::new(MemoryStore::new()),
-        [],
-        ExecutorConfig::default(),
-        "memory",
-    )
-    .await?;
-    match executor.validate(&plan.spec) {
+    // runner and that the stored policies the plan names exist. It needs a
+    // store: the one given when the plan names a policy, else an empty
+    // in-memory one (so validating never creates a database).
+    let (store, store_name): (Arc<dyn Store>, String) =
+        if orchestrator_core::policy::references(&plan.spec).is_empty() {
+            (Arc::new(MemoryStore::new()), "memory".to_owned())
+        } else {
+            (
+                open_store(&args.store.store).await?,
+                args.store.store.to_string(),
+            )
+        };
+    let executor = start_executor(store, [], ExecutorConfig::default(), &store_name).await?;
+    let checked = match executor.check(&plan.spec).await {
+        Ok(dag) => Ok(dag),
+        Err(ExecutorError::Invalid(errors)) => Err(errors),
+        Err(other) => return Err(CliError::from_executor(other, &plan.name, &store_name)),
+    };
+    match checked {
         Ok(dag) => {
             let d = Description::new(&plan.spec, &dag);
             if args.json {

@@ -63,6 +63,7 @@ mod graph;
 mod junit;
 mod notify;
 mod plan;
+mod policy;
 mod progress;
 mod serve;
 mod stats;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use console::style;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use orchestrator_core::breaker::BreakerState;
 use orchestrator_core::journal::{JobView, Record};
 use orchestrator_core::{Event, HumanDuration, JobSpec, Timestamp};
 
@@ -105,6 +106,20 @@ pub(crate) fn event_line(view: &JobView, record: &Record, base: Timestamp, idw: 
             if spec.nodes().len() == 1 { "" } else { "s" }
         ),
         Event::CancelRequested { reason } => reason.clone().unwrap_or_default(),
+        Event::BreakerChanged {
+            dependency,
+            to,
+            failures,
+            calls,
+            ..
+        } => match to {
+            BreakerState::Open if *calls > 0 => {
+                format!("{dependency}: {failures} of {calls} calls failed; its ready nodes wait")
+            }
+            BreakerState::Open => format!("{dependency}: trial failed; its ready nodes wait"),
+            BreakerState::HalfOpen => format!("{dependency}: trial calls"),
+            BreakerState::Closed => format!("{dependency}: calls go through"),
+        },
         Event::Finished { .. } => format!(
             "{}/{} nodes finished, {} failed",
             view.finished_nodes(),
