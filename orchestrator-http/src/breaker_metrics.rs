@@ -17,6 +17,14 @@ const STATES: [BreakerState; 3] = [
     BreakerState::HalfOpen,
 ];
 
+/// A metric's name, type, help text, and how to read it off a breaker.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&BreakerStatus) -> u64,
+);
+
 /// A Prometheus label value: `\`, `"` and newlines escaped.
 fn label(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
@@ -47,7 +55,7 @@ pub(crate) fn render(out: &mut String, breakers: &[BreakerStatus]) {
             );
         }
     }
-    let series: [(&str, &str, &str, fn(&BreakerStatus) -> u64); 4] = [
+    let series: [Series; 4] = [
         (
             "orchestrator_breaker_transitions_total",
             "counter",
