@@ -360,9 +360,27 @@ fn three_servers_share_one_database_and_take_over_each_others_jobs() {
         .as_str()
         .unwrap()
         .to_owned();
-    let (quiet_seen, quiet_poll) = watch(servers[2].addr.clone(), token.clone(), vec![quiet_id])
-        .join()
-        .unwrap();
+    let (quiet_seen, quiet_poll) = watch(
+        servers[2].addr.clone(),
+        token.clone(),
+        vec![quiet_id.clone()],
+    )
+    .join()
+    .unwrap();
+    if quiet_seen.len() < NODES.len() {
+        let (_, status) = http(
+            &servers[2].addr,
+            "GET",
+            &format!("/job/{quiet_id}"),
+            &token,
+            None,
+        );
+        panic!(
+            "the job submitted on the quiet cluster did not finish: {status}\n--- server 1 log:\n{}\n--- server 2 log:\n{}",
+            read(&servers[1].log),
+            read(&servers[2].log)
+        );
+    }
 
     // 1. Every job succeeded.
     for (id, job) in &finals {
@@ -417,7 +435,7 @@ fn three_servers_share_one_database_and_take_over_each_others_jobs() {
             assert_eq!(
                 attempts,
                 (1..=counted).collect::<Vec<_>>(),
-                "{key:?}: executions by attempt"
+                "{key:?}: executions by attempt: {list:?}\nstatus: {node}"
             );
             reruns += list.len() - 1;
         }

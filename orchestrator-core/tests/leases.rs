@@ -316,3 +316,50 @@ async fn queued_jobs_are_claimed_by_priority() {
     }
     assert_eq!(order, [ids[1].clone(), ids[2].clone(), ids[0].clone()]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_job_dropped_with_a_dispatched_attempt_gives_its_slot_back() {
+    let pool = Pool::new();
+    pool.runner
+        .script("work", [Outcome::succeed().after(Duration::from_secs(3))]);
+    let a = {
+        let mut registry = Registry::with_builtins();
+        registry.register("test", pool.runner.clone());
+        Executor::builder(pool.store.clone())
+            .registry(registry)
+            .config(ExecutorConfig {
+                max_concurrent_nodes: 1,
+                lease: LeaseConfig {
+                    owner: "A".into(),
+                    ttl: TTL,
+                    heartbeat: HEARTBEAT,
+                    capacity: usize::MAX,
+                },
+                ..ExecutorConfig::default()
+            })
+            .clock(pool.clock.clone())
+            .start()
+            .await
+            .unwrap()
+    };
+    let spec = JobSpec::builder("two steps")
+        .node(NodeSpec::new("work", "test"))
+        .node(NodeSpec::new("next", "test").depends_on(["work"]))
+        .build();
+    let first = a.submit(spec, "alice").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Taken over while `work` runs: when it ends, A's batch (work succeeded,
+    // next started) is refused, so `next` was dispatched but never spawned.
+    let now = pool.clock.now();
+    pool.store.claim(&first, "B", now, TTL, true).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(a.active_jobs().await.unwrap().is_empty());
+
+    // A's only slot is free again.
+    let second = a.submit(slow("after the takeover"), "alice").await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(60), a.wait(&second))
+        .await
+        .expect("the second job runs: no slot leaked")
+        .unwrap();
+    assert_eq!(done.state, JobState::Succeeded);
+}

@@ -1790,6 +1790,16 @@ impl Scheduler {
         for &(b, trial) in job.admitted.values() {
             self.breakers[b as usize].breaker.release(trial);
         }
+        // Attempts dispatched but never spawned (their `node.started` was
+        // not durable yet: a job let go because another executor took it
+        // over) hold a slot that no finished attempt will give back.
+        let unspawned = job
+            .post
+            .iter()
+            .chain(job.failed.iter().flat_map(|f| f.post.iter()))
+            .filter(|p| matches!(p, Post::Spawn { .. }))
+            .count();
+        self.running -= unspawned;
         job.token.cancel();
         self.shared.leases.forget(job.id());
         self.by_id.remove(job.id());
