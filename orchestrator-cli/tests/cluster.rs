@@ -13,7 +13,7 @@
 //! 1. every job succeeded;
 //! 2. no node ran in two processes at once;
 //! 3. a node never ran again after the attempt the journal says succeeded,
-//!    and every attempt the journal counts ran exactly once;
+//!    and no attempt ran twice;
 //! 4. the killed server's jobs were taken over within the lease TTL plus
 //!    one heartbeat (and a margin for the machine);
 //! 5. the paused server, once continued, was refused by the fencing token
@@ -428,14 +428,14 @@ fn three_servers_share_one_database_and_take_over_each_others_jobs() {
                     pair[1].pid
                 );
             }
-            // 3. Exactly the attempts the journal counts, each once; the last
-            // is the one that succeeded.
+            // 3. Each attempt ran at most once, in order (one journaled as
+            // started may never have run: its process died in between),
+            // and the last to run is the one the journal says succeeded.
             let attempts: Vec<u32> = list.iter().map(|e| e.attempt).collect();
             let counted = node["attempts"].as_u64().unwrap() as u32;
-            assert_eq!(
-                attempts,
-                (1..=counted).collect::<Vec<_>>(),
-                "{key:?}: executions by attempt: {list:?}\nstatus: {node}"
+            assert!(
+                attempts.windows(2).all(|w| w[0] < w[1]) && attempts.last() == Some(&counted),
+                "{key:?}: executions by attempt {attempts:?}, journaled attempts {counted}: {list:?}\nstatus: {node}"
             );
             reruns += list.len() - 1;
         }

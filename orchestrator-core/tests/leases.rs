@@ -363,3 +363,47 @@ async fn a_job_dropped_with_a_dispatched_attempt_gives_its_slot_back() {
         .unwrap();
     assert_eq!(done.state, JobState::Succeeded);
 }
+
+#[tokio::test(start_paused = true)]
+async fn attempts_never_start_under_a_lapsed_lease() {
+    let pool = Pool::new();
+    pool.runner
+        .script("work", [Outcome::succeed().after(Duration::from_secs(20))]);
+    // Renewals so rare that the lease lapses while `work` runs, as it would
+    // for a process paused past its TTL.
+    let mut registry = Registry::with_builtins();
+    registry.register("test", pool.runner.clone());
+    let a = Executor::builder(pool.store.clone())
+        .registry(registry)
+        .config(ExecutorConfig {
+            lease: LeaseConfig {
+                owner: "A".into(),
+                ttl: TTL,
+                heartbeat: Duration::from_secs(3600),
+                capacity: usize::MAX,
+            },
+            ..ExecutorConfig::default()
+        })
+        .clock(pool.clock.clone())
+        .start()
+        .await
+        .unwrap();
+    let spec = JobSpec::builder("two steps")
+        .node(NodeSpec::new("work", "test"))
+        .node(NodeSpec::new("next", "test").depends_on(["work"]))
+        .build();
+    let id = a.submit(spec, "alice").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    assert!(
+        a.active_jobs().await.unwrap().is_empty(),
+        "A let the job go rather than start `next` under a lapsed lease"
+    );
+    assert_eq!(pool.runner.runs_of("next"), 0);
+
+    // Whoever claims the job next runs `next` (its journaled start is
+    // recorded as interrupted) and never `work` again.
+    let b = pool.executor("B", Recovery::All, usize::MAX).await;
+    assert_eq!(b.wait(&id).await.unwrap().state, JobState::Succeeded);
+    assert_eq!(pool.runner.runs_of("work"), 1);
+    assert_eq!(pool.runner.runs_of("next"), 1);
+}

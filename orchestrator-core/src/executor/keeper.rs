@@ -62,6 +62,11 @@ impl Held {
         self.lock().len()
     }
 
+    /// Whether the lease held on `job` expired by `now` (as last renewed).
+    pub(crate) fn lapsed(&self, job: &JobId, now: crate::time::Timestamp) -> bool {
+        self.lock().get(job).is_some_and(|l| now >= l.expires_at)
+    }
+
     pub(crate) fn contains(&self, job: &JobId) -> bool {
         self.lock().contains_key(job)
     }

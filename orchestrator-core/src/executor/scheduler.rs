@@ -1607,6 +1607,22 @@ impl Scheduler {
             None if job.pending.is_empty() && job.failed.is_none() => std::mem::take(&mut job.post),
             None => return,
         };
+        // Attempts start only under a live lease. A process paused (or cut
+        // off) past its lease may find, on waking, attempts it journaled
+        // before the pause still to start — while the executor that took
+        // the job over runs them again: drop the job instead.
+        let unspawned = post
+            .iter()
+            .filter(|p| matches!(p, Post::Spawn { .. }))
+            .count();
+        // The clock is read afresh: `self.now` dates from before the append
+        // this follows, and a pause may have fallen in between.
+        if unspawned > 0 && self.shared.leases.lapsed(job.id(), self.shared.clock.now()) {
+            tracing::warn!(job = %job.id(), "lease lapsed before attempts could start; dropping the job here");
+            self.running -= unspawned;
+            self.release(slot);
+            return;
+        }
         let mut finished = false;
         let mut post = post;
         for p in post.drain(..) {
