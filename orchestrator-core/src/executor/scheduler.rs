@@ -2148,15 +2148,25 @@ struct Ran {
     at: Option<Timestamp>,
 }
 
-/// Every node of `view` that ran to a result of its own in this run
+/// Node types that are never tests: the built-in `noop` and `sleep`
+/// cannot fail, so their history would be an endless run of passes that
+/// says nothing about flakiness while costing a stored key per node (a
+/// million-node plan of them would store a million keys). A `test_id`
+/// still records them.
+const NOT_TESTS: [&str; 2] = ["noop", "sleep"];
+
+/// Every test node of `view` that ran to a result of its own in this run
 /// (succeeded, failed or timed out after at least one attempt;
 /// carried-over nodes did not run).
 fn ran_nodes(view: &JobView) -> Vec<Ran> {
+    let specs = view.spec().nodes();
     view.nodes
         .iter()
         .enumerate()
-        .filter(|(_, n)| {
-            n.machine.attempts > 0
+        .filter(|&(i, n)| {
+            let spec = &specs[i];
+            (spec.test_id.is_some() || !NOT_TESTS.contains(&spec.kind.as_str()))
+                && n.machine.attempts > 0
                 && matches!(
                     n.state(),
                     NodeState::Succeeded | NodeState::Failed | NodeState::TimedOut
