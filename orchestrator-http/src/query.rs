@@ -95,6 +95,37 @@ impl Params {
         }
     }
 
+    /// `name` as a time ([`parse_time`]), or a problem.
+    fn time(&mut self, name: &str) -> Option<Timestamp> {
+        let raw = self.one(name)?;
+        let t = parse_time(&raw);
+        if t.is_none() {
+            self.problem(
+                name,
+                "invalid_value",
+                format!(
+                    "{name} must be an RFC 3339 time or milliseconds since the epoch, got {:?}",
+                    clip(&raw)
+                ),
+            );
+        }
+        t
+    }
+
+    /// `cursor` as a `next_cursor` a previous page gave, or a problem.
+    fn cursor<C: std::str::FromStr>(&mut self) -> Option<C> {
+        let raw = self.one("cursor")?;
+        let c = raw.parse().ok();
+        if c.is_none() {
+            self.problem(
+                "cursor",
+                "invalid_value",
+                "malformed cursor; pass `next_cursor` from a previous page".into(),
+            );
+        }
+        c
+    }
+
     fn finish(self) -> Result<(), ApiError> {
         if self.problems.is_empty() {
             Ok(())
@@ -189,37 +220,12 @@ pub(crate) fn list_query(raw: Option<&str>) -> Result<(JobQuery, Paging), ApiErr
             ),
         }
     }
-    for (name, slot) in [
-        ("created_after", &mut query.created_after),
-        ("created_before", &mut query.created_before),
-    ] {
-        if let Some(raw) = p.one(name) {
-            match parse_time(&raw) {
-                Some(t) => *slot = Some(t),
-                None => p.problem(
-                    name,
-                    "invalid_value",
-                    format!(
-                        "{name} must be an RFC 3339 time or milliseconds since the epoch, got {:?}",
-                        clip(&raw)
-                    ),
-                ),
-            }
-        }
-    }
+    query.created_after = p.time("created_after");
+    query.created_before = p.time("created_before");
     if let Some(n) = p.number("limit", 1, MAX_LIST_LIMIT as u64) {
         query.limit = n as usize;
     }
-    if let Some(raw) = p.one("cursor") {
-        match raw.parse::<Cursor>() {
-            Ok(c) => query.cursor = Some(c),
-            Err(_) => p.problem(
-                "cursor",
-                "invalid_value",
-                "malformed cursor; pass `next_cursor` from a previous page".into(),
-            ),
-        }
-    }
+    query.cursor = p.cursor::<Cursor>();
     let mut paging = Paging::Cursor;
     if let Some(n) = p.number("page", 1, 1_000_000) {
         if query.cursor.is_some() {
@@ -298,37 +304,12 @@ pub(crate) fn dlq_query(
             }
         }
     }
-    for (name, slot) in [
-        ("created_after", &mut query.created_after),
-        ("created_before", &mut query.created_before),
-    ] {
-        if let Some(raw) = p.one(name) {
-            match parse_time(&raw) {
-                Some(t) => *slot = Some(t),
-                None => p.problem(
-                    name,
-                    "invalid_value",
-                    format!(
-                        "{name} must be an RFC 3339 time or milliseconds since the epoch, got {:?}",
-                        clip(&raw)
-                    ),
-                ),
-            }
-        }
-    }
+    query.created_after = p.time("created_after");
+    query.created_before = p.time("created_before");
     if let Some(n) = p.number("limit", 1, MAX_LIST_LIMIT as u64) {
         query.limit = n as usize;
     }
-    if let Some(raw) = p.one("cursor") {
-        match raw.parse::<DeadLetterCursor>() {
-            Ok(c) => query.cursor = Some(c),
-            Err(_) => p.problem(
-                "cursor",
-                "invalid_value",
-                "malformed cursor; pass `next_cursor` from a previous page".into(),
-            ),
-        }
-    }
+    query.cursor = p.cursor::<DeadLetterCursor>();
     p.finish()?;
     Ok(query)
 }
@@ -340,25 +321,11 @@ pub const MAX_STATS_JOBS: usize = 10_000;
 /// handler to scope) and how many at most.
 pub(crate) fn stats_query(raw: Option<&str>) -> Result<(JobQuery, usize), ApiError> {
     let mut p = Params::parse(raw, &["since", "until", "owner", "max_jobs"]);
-    let mut query = JobQuery::default();
-    for (name, slot) in [
-        ("since", &mut query.created_after),
-        ("until", &mut query.created_before),
-    ] {
-        if let Some(raw) = p.one(name) {
-            match parse_time(&raw) {
-                Some(t) => *slot = Some(t),
-                None => p.problem(
-                    name,
-                    "invalid_value",
-                    format!(
-                        "{name} must be an RFC 3339 time or milliseconds since the epoch, got {:?}",
-                        clip(&raw)
-                    ),
-                ),
-            }
-        }
-    }
+    let mut query = JobQuery {
+        created_after: p.time("since"),
+        created_before: p.time("until"),
+        ..JobQuery::default()
+    };
     if let Some(owner) = p.one("owner") {
         if owner.is_empty() || owner.len() > 256 {
             p.problem(

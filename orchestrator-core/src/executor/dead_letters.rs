@@ -292,28 +292,6 @@ impl Executor {
         Ok(id.job.clone())
     }
 
-    /// Claims a finished job's lease; a job leased by someone else is busy.
-    async fn claim_finished(
-        &self,
-        job: &JobId,
-        state: JobState,
-    ) -> Result<crate::store::Lease, ExecutorError> {
-        let shared = self.shared();
-        let config = &shared.config.lease;
-        match shared
-            .store
-            .claim(job, &config.owner, shared.clock.now(), config.ttl, false)
-            .await
-        {
-            Ok(granted) => Ok(granted.lease),
-            Err(StoreError::LeaseHeld { .. }) => Err(ExecutorError::Busy {
-                job: job.clone(),
-                state,
-            }),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// The journaling part of [`Executor::requeue`], under the job's lease
     /// (`fence`): checks the job as it is now and journals the requeue.
     async fn requeue_leased(

@@ -93,12 +93,7 @@ pub(crate) async fn claim_and_activate(
     if shared.leases.contains(job) {
         return Ok(true);
     }
-    let config = &shared.config.lease;
-    let granted = match shared
-        .store
-        .claim(job, &config.owner, shared.clock.now(), config.ttl, force)
-        .await
-    {
+    let granted = match shared.claim(job, force).await {
         Ok(granted) => granted,
         Err(StoreError::LeaseHeld { .. }) => return Ok(false),
         Err(e) => return Err(e.into()),

@@ -425,6 +425,19 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Claims `job`'s lease for this executor (see
+    /// [`LeaseStore::claim`](crate::store::LeaseStore::claim)).
+    pub(crate) async fn claim(
+        &self,
+        job: &JobId,
+        force: bool,
+    ) -> Result<crate::store::lease::Granted, StoreError> {
+        let config = &self.config.lease;
+        self.store
+            .claim(job, &config.owner, self.clock.now(), config.ttl, force)
+            .await
+    }
+
     /// The policies `spec` may name: the executor's own, plus the stored
     /// policies it references.
     pub(crate) async fn resolve_policies(
@@ -805,13 +818,8 @@ impl Executor {
         }));
         // Run it here if there is room; otherwise it stays queued in the
         // store for whichever executor has room first.
-        let config = &shared.config.lease;
-        if shared.leases.len() < config.capacity {
-            match shared
-                .store
-                .claim(&id, &config.owner, shared.clock.now(), config.ttl, false)
-                .await
-            {
+        if shared.leases.len() < shared.config.lease.capacity {
+            match shared.claim(&id, false).await {
                 Ok(granted) => {
                     shared.leases.hold(granted.lease.clone());
                     self.command(Command::Activate(Box::new(Activation {
@@ -877,6 +885,22 @@ impl Executor {
     ) -> Result<crate::flaky::FlakyReport, ExecutorError> {
         let shared = self.shared();
         Ok(crate::flaky::report(&*shared.store, query, &shared.config.flaky.thresholds).await?)
+    }
+
+    /// Claims a finished job's lease; a job leased by someone else is busy.
+    async fn claim_finished(
+        &self,
+        job: &JobId,
+        state: JobState,
+    ) -> Result<crate::store::Lease, ExecutorError> {
+        match self.shared().claim(job, false).await {
+            Ok(granted) => Ok(granted.lease),
+            Err(StoreError::LeaseHeld { .. }) => Err(ExecutorError::Busy {
+                job: job.clone(),
+                state,
+            }),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Claims an unfinished job (whatever its lease says with `force`) and
@@ -1004,31 +1028,17 @@ impl Executor {
         check(summary.progress.state)?;
         // A finished job's lease ended with it; claiming it fences off any
         // other executor asked to roll it back at the same time.
-        let config = &shared.config.lease;
-        let granted = match shared
-            .store
-            .claim(id, &config.owner, shared.clock.now(), config.ttl, false)
-            .await
-        {
-            Ok(granted) => granted,
-            Err(StoreError::LeaseHeld { .. }) => {
-                return Err(ExecutorError::Busy {
-                    job: id.clone(),
-                    state: summary.progress.state,
-                })
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let fence = granted.lease.token;
+        let lease = self.claim_finished(id, summary.progress.state).await?;
+        let fence = lease.token;
         let mut view = match shared.store.load_view(id).await {
             Ok(view) => view,
             Err(e) => {
-                let _ = shared.store.release(&granted.lease).await;
+                let _ = shared.store.release(&lease).await;
                 return Err(e.into());
             }
         };
         if let Err(e) = check(view.state) {
-            let _ = shared.store.release(&granted.lease).await;
+            let _ = shared.store.release(&lease).await;
             return Err(e);
         }
         let expected = view.version;
@@ -1049,7 +1059,7 @@ impl Executor {
         let (policies, dag) = match compiled.await {
             Ok(compiled) => compiled,
             Err(e) => {
-                let _ = shared.store.release(&granted.lease).await;
+                let _ = shared.store.release(&lease).await;
                 return Err(e);
             }
         };
@@ -1064,14 +1074,14 @@ impl Executor {
             )
             .await
         {
-            let _ = shared.store.release(&granted.lease).await;
+            let _ = shared.store.release(&lease).await;
             return Err(e.into());
         }
         let _ = shared.events.send(Arc::new(Batch {
             job: id.clone(),
             records: vec![record],
         }));
-        shared.leases.hold(granted.lease);
+        shared.leases.hold(lease);
         self.command(Command::Activate(Box::new(Activation {
             view,
             dag: Arc::new(dag),
