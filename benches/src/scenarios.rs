@@ -57,12 +57,17 @@ impl Size {
     };
 }
 
-/// The multi-threaded runtime every scenario runs on (one worker per core).
+/// The multi-threaded runtime every scenario runs on: one worker per core,
+/// or `BENCH_WORKERS` of them (for profiling; see the README).
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime starts")
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        b.worker_threads(n);
+    }
+    b.enable_all().build().expect("a tokio runtime starts")
 }
 
 /// Timings of one executor run.

@@ -62,9 +62,9 @@ impl Held {
         self.lock().len()
     }
 
-    /// Whether the lease held on `job` expired by `now` (as last renewed).
-    pub(crate) fn lapsed(&self, job: &JobId, now: crate::time::Timestamp) -> bool {
-        self.lock().get(job).is_some_and(|l| now >= l.expires_at)
+    /// When the lease held on `job` expires (as last renewed), if held.
+    pub(crate) fn expiry(&self, job: &JobId) -> Option<crate::time::Timestamp> {
+        self.lock().get(job).map(|l| l.expires_at)
     }
 
     pub(crate) fn contains(&self, job: &JobId) -> bool {

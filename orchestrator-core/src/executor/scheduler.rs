@@ -37,7 +37,7 @@ use crate::failure::{Failure, FailureClass};
 use crate::flaky::{AttemptBudget, RunOutcome, TestOutcome};
 use crate::journal::{Effect, Event, JobView, NodeView, Progress, Record};
 use crate::retry::{seed_for, RetryContext, RetryPolicy, RetrySpec};
-use crate::runner::{Heartbeat, RunContext};
+use crate::runner::{Heartbeat, RunContext, Runner};
 use crate::state::{JobEffect, JobState, NodeEffect, NodeState, TriggerDecision, Upstream};
 use crate::store::dead_letter::DeadLetterReason;
 use crate::time::{JobId, Timestamp};
@@ -204,7 +204,8 @@ struct ActiveJob {
     decided: Vec<bool>,
     ready: BinaryHeap<ReadyNode>,
     pools: Vec<Pool>,
-    pool_names: HashMap<String, usize>,
+    /// Per node, what dispatching it needs of its spec (see [`HotNode`]).
+    hot: Vec<HotNode>,
     running: u32,
     max_concurrency: u32,
     in_heap: bool,
@@ -251,6 +252,84 @@ struct ActiveJob {
     /// finish before they are, so a crash leaves it unfinished and
     /// recovery writes them again.
     dlq_unwritten: u32,
+    /// The job's node types ([`HotNode::runner`] indexes them) and their
+    /// runners, looked up in the registry once per type rather than under
+    /// its lock on every attempt. `None` until found (a type may be
+    /// registered late, e.g. after a restart with a smaller registry).
+    runners: Vec<NodeType>,
+    /// The lease's expiry as last read from the keeper's table: renewals
+    /// only push it later, so a fresh clock before it means the lease is
+    /// live without taking the table's lock (see [`Scheduler::perform`]).
+    lease_live_until: Timestamp,
+}
+
+/// What the hot path needs of one node's spec, packed. A `NodeSpec` is
+/// hundreds of bytes with heap strings; on a job of 100,000 nodes that no
+/// cache holds, reading it at every step of every node (trigger, priority,
+/// pool, type) costs more in cache misses than the scheduling itself.
+#[derive(Clone, Copy, Debug)]
+struct HotNode {
+    priority: i32,
+    critical: u32,
+    /// Index in [`ActiveJob::pools`], or [`NO_POOL`].
+    pool: u32,
+    /// Index in [`ActiveJob::runners`] of the node's type.
+    runner: u32,
+    trigger: crate::spec::TriggerRule,
+    /// Whether the node has a timeout or a heartbeat timeout (its attempts
+    /// then read them from the spec).
+    limited: bool,
+}
+
+/// The node runs in no pool.
+const NO_POOL: u32 = u32::MAX;
+
+/// A node type of a job, and its runner once found in the registry.
+type NodeType = (Box<str>, Option<Arc<dyn Runner>>);
+
+/// The [`HotNode`]s of `spec`, and its node types for
+/// [`ActiveJob::runners`] (with runners unresolved).
+fn hot_nodes(
+    spec: &crate::JobSpec,
+    dag: &Dag,
+    pools: &HashMap<&str, u32>,
+) -> (Vec<HotNode>, Vec<NodeType>) {
+    let mut kinds: Vec<NodeType> = Vec::new();
+    let mut kind_index: HashMap<&str, u32> = HashMap::new();
+    let mut last: Option<(&str, u32)> = None;
+    let hot = spec
+        .nodes()
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            // Neighbouring nodes mostly share a type: skip the hash then.
+            let runner = match last {
+                Some((kind, index)) if kind == n.kind => index,
+                _ => {
+                    let next = kinds.len() as u32;
+                    let index = *kind_index.entry(n.kind.as_str()).or_insert_with(|| {
+                        kinds.push((n.kind.as_str().into(), None));
+                        next
+                    });
+                    last = Some((n.kind.as_str(), index));
+                    index
+                }
+            };
+            HotNode {
+                priority: n.priority,
+                critical: dag.critical_path_len(i as u32),
+                pool: n
+                    .pool
+                    .as_deref()
+                    .and_then(|p| pools.get(p).copied())
+                    .unwrap_or(NO_POOL),
+                runner,
+                trigger: n.trigger,
+                limited: n.timeout.is_some() || n.heartbeat_timeout.is_some(),
+            }
+        })
+        .collect();
+    (hot, kinds)
 }
 
 /// No breaker gates the node.
@@ -309,10 +388,10 @@ impl ActiveJob {
     }
 
     fn ready_node(&self, node: u32) -> ReadyNode {
-        let spec = &self.view.spec().nodes()[node as usize];
+        let hot = &self.hot[node as usize];
         ReadyNode {
-            priority: spec.priority,
-            critical: self.dag.critical_path_len(node),
+            priority: hot.priority,
+            critical: hot.critical,
             node: Reverse(node),
             compensation: false,
         }
@@ -473,7 +552,7 @@ impl ActiveJob {
         if self.decided[node as usize] {
             return;
         }
-        let rule = self.view.spec().nodes()[node as usize].trigger;
+        let rule = self.hot[node as usize].trigger;
         let event = match rule.decide(self.upstream[node as usize]) {
             TriggerDecision::Wait => return,
             TriggerDecision::Run => Event::NodeReady { node },
@@ -980,12 +1059,13 @@ impl Scheduler {
                 Some((i as u32, compile(Some(retry))))
             })
             .collect();
-        let pool_names: HashMap<String, usize> = spec
+        let pool_names: HashMap<&str, u32> = spec
             .pools
             .keys()
             .enumerate()
-            .map(|(i, k)| (k.clone(), i))
+            .map(|(i, k)| (k.as_str(), i as u32))
             .collect();
+        let (hot, runners) = hot_nodes(&spec, &dag, &pool_names);
         let pools = spec
             .pools
             .values()
@@ -1040,7 +1120,7 @@ impl Scheduler {
             decided: vec![false; n],
             ready: BinaryHeap::new(),
             pools,
-            pool_names,
+            hot,
             running: 0,
             max_concurrency: spec.max_concurrency.unwrap_or(u32::MAX),
             in_heap: false,
@@ -1067,6 +1147,8 @@ impl Scheduler {
             node_breaker: Vec::new(),
             admitted: HashMap::new(),
             dlq_unwritten: 0,
+            runners,
+            lease_live_until: Timestamp::default(),
             view,
         };
         self.attach_breakers(&mut job, slot, gen);
@@ -1227,13 +1309,12 @@ impl Scheduler {
         };
         job.running -= 1;
         // The slot was taken at dispatch, whatever became of the attempt.
-        if let Some(pool) = job.view.spec().nodes()[f.node as usize].pool.as_ref() {
-            if let Some(&p) = job.pool_names.get(pool) {
-                let pool = &mut job.pools[p];
-                pool.running = pool.running.saturating_sub(1);
-                if let Some(r) = pool.parked.pop() {
-                    job.ready.push(r);
-                }
+        let pool = job.hot[f.node as usize].pool;
+        if pool != NO_POOL {
+            let pool = &mut job.pools[pool as usize];
+            pool.running = pool.running.saturating_sub(1);
+            if let Some(r) = pool.parked.pop() {
+                job.ready.push(r);
             }
         }
         let node = &job.view.nodes[f.node as usize];
@@ -1388,10 +1469,8 @@ impl Scheduler {
             // Take this job's best node whose pool has room.
             while let Some(r) = job.ready.pop() {
                 let node = r.node.0;
-                let pool = job.view.spec().nodes()[node as usize]
-                    .pool
-                    .as_ref()
-                    .and_then(|p| job.pool_names.get(p).copied());
+                let pool =
+                    Some(job.hot[node as usize].pool as usize).filter(|&p| p != NO_POOL as usize);
                 if let Some(p) = pool {
                     let pool = &job.pools[p];
                     if pool.running >= pool.limit {
@@ -1617,8 +1696,10 @@ impl Scheduler {
             .count();
         // The clock is read afresh: `self.now` dates from before the append
         // this follows, and a pause may have fallen in between.
-        if unspawned > 0 && self.shared.leases.lapsed(job.id(), self.shared.clock.now()) {
-            tracing::warn!(job = %job.id(), "lease lapsed before attempts could start; dropping the job here");
+        if unspawned > 0 && self.lease_lapsed(slot) {
+            if let Some(job) = self.jobs[slot].as_ref() {
+                tracing::warn!(job = %job.id(), "lease lapsed before attempts could start; dropping the job here");
+            }
             self.running -= unspawned;
             self.release(slot);
             return;
@@ -1798,6 +1879,26 @@ impl Scheduler {
         job.finishing = false;
         job.check_done(now);
         self.mark(slot);
+    }
+
+    /// Whether the lease of job `slot` has lapsed, on a fresh clock.
+    fn lease_lapsed(&mut self, slot: usize) -> bool {
+        let now = self.shared.clock.now();
+        let Some(job) = self.jobs[slot].as_mut() else {
+            return false;
+        };
+        if now < job.lease_live_until {
+            return false;
+        }
+        match self.shared.leases.expiry(job.id()) {
+            Some(expires) if now < expires => {
+                job.lease_live_until = expires;
+                false
+            }
+            Some(_) => true,
+            // Let go already (the scheduler hears of it next).
+            None => false,
+        }
     }
 
     /// Forgets a job (finished, or no longer ours) and hands it back.
@@ -1997,21 +2098,49 @@ impl Scheduler {
     }
 
     fn spawn(&mut self, slot: usize, node: u32, attempt: u32, compensation: bool) {
-        let Some(job) = self.jobs[slot].as_ref() else {
+        let Some(job) = self.jobs[slot].as_mut() else {
             return;
         };
         let spec = Arc::clone(job.view.spec());
-        let node_spec = &spec.nodes()[node as usize];
-        let kind = match (&node_spec.compensate, compensation) {
-            (Some(c), true) => &c.kind,
-            _ => &node_spec.kind,
+        let hot = job.hot[node as usize];
+        // Only a missing runner (possible after a restart with a smaller
+        // registry) needs the type's name; don't copy it otherwise.
+        let missing = |kind: &str| format!("no runner is registered for type {kind:?}");
+        let (runner, missing) = if compensation {
+            let node_spec = &spec.nodes()[node as usize];
+            let kind = node_spec
+                .compensate
+                .as_ref()
+                .map_or(&node_spec.kind, |c| &c.kind);
+            match self.shared.registry().get(kind) {
+                Some(r) => (Some(Arc::clone(r)), None),
+                None => (None, Some(missing(kind))),
+            }
+        } else {
+            let (kind, runner) = &mut job.runners[hot.runner as usize];
+            if runner.is_none() {
+                *runner = self.shared.registry().get(kind).cloned();
+            }
+            match runner {
+                Some(r) => (Some(Arc::clone(r)), None),
+                None => (None, Some(missing(kind))),
+            }
         };
-        let runner = self.shared.registry().get(kind).cloned();
+        // The spec's limits are read only for nodes that have some.
+        let (deadline, heartbeat_timeout) = if hot.limited {
+            let node_spec = &spec.nodes()[node as usize];
+            (
+                node_spec
+                    .timeout
+                    .map(|t| tokio::time::Instant::now() + t.get()),
+                node_spec.heartbeat_timeout.map(HumanDuration::get),
+            )
+        } else {
+            (None, None)
+        };
         let limits = AttemptLimits {
-            deadline: node_spec
-                .timeout
-                .map(|t| tokio::time::Instant::now() + t.get()),
-            heartbeat_timeout: node_spec.heartbeat_timeout.map(HumanDuration::get),
+            deadline,
+            heartbeat_timeout,
             grace: self.shared.config.cancel_grace,
         };
         // Attempts with their own limits get a child token so a timeout can
@@ -2027,7 +2156,7 @@ impl Scheduler {
             Heartbeat::disabled()
         };
         let job_token = Arc::clone(&job.token);
-        let mut ctx = RunContext::new(job.id().clone(), spec.clone(), node, attempt)
+        let mut ctx = RunContext::new(job.id().clone(), spec, node, attempt)
             .with_deadline(limits.deadline)
             .with_shared_cancel(token)
             .with_heartbeat(heartbeat);
@@ -2042,11 +2171,6 @@ impl Scheduler {
                 .as_mut()
                 .and_then(|j| j.admitted.remove(&node))
         };
-        // Only a missing runner (possible after a restart with a smaller
-        // registry) needs the type's name; don't copy it otherwise.
-        let missing = runner
-            .is_none()
-            .then(|| format!("no runner is registered for type {kind:?}"));
         let task = self.free_tasks.pop().unwrap_or_else(|| {
             self.tasks.push(None);
             self.tasks.len() - 1

@@ -84,14 +84,15 @@ impl<T> Timers<T> {
                 return Poll::Pending;
             };
             let at = next.at;
-            if at > Instant::now() {
-                if self.armed != Some(at) {
-                    self.sleep.as_mut().reset(at);
-                    self.armed = Some(at);
-                }
-                if self.sleep.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
+            // The sleep decides whether `at` has come: no clock read here,
+            // as this is polled on every scheduler wake-up while any timer
+            // is armed (a job timeout keeps one armed for the job's life).
+            if self.armed != Some(at) {
+                self.sleep.as_mut().reset(at);
+                self.armed = Some(at);
+            }
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
             if let Some(Reverse(entry)) = self.heap.pop() {
                 return Poll::Ready(entry.item);
