@@ -834,6 +834,14 @@ impl Scheduler {
                 cmd = self.rx.recv() => cmd.map_or(Wake::Closed, Wake::Command),
                 t = poll_fn(|cx| self.timers.poll_due(cx)), if !self.timers.is_empty() => Wake::Timer(t),
             };
+            if matches!(wake, Wake::Command(Command::Finished(_))) && self.running > 1 {
+                // Other attempts are in flight: let those already runnable
+                // on this thread finish first (a yielded task runs again
+                // only once the thread's queue is empty), so their
+                // completions are folded into this iteration and journaled
+                // in one append, not one iteration and one append each.
+                tokio::task::yield_now().await;
+            }
             self.now = self.shared.clock.now();
             match wake {
                 Wake::Closed => return,
@@ -2156,9 +2164,8 @@ impl Scheduler {
             Heartbeat::disabled()
         };
         let job_token = Arc::clone(&job.token);
-        let mut ctx = RunContext::new(job.id().clone(), spec, node, attempt)
+        let mut ctx = RunContext::for_attempt(job.id().clone(), spec, node, attempt, token)
             .with_deadline(limits.deadline)
-            .with_shared_cancel(token)
             .with_heartbeat(heartbeat);
         if compensation {
             ctx = ctx.for_compensation();

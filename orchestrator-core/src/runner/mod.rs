@@ -128,6 +128,29 @@ impl RunContext {
         }
     }
 
+    /// The executor's constructor: [`RunContext::new`] would make a
+    /// cancellation token (two allocations and a lock on drop) only for the
+    /// executor to replace it, on every attempt.
+    pub(crate) fn for_attempt(
+        job_id: JobId,
+        spec: Arc<JobSpec>,
+        node: u32,
+        attempt: u32,
+        cancel: Arc<CancellationToken>,
+    ) -> Self {
+        debug_assert!((node as usize) < spec.nodes().len());
+        Self {
+            job_id,
+            spec,
+            node,
+            attempt,
+            deadline: None,
+            cancel,
+            heartbeat: Heartbeat::disabled(),
+            compensation: false,
+        }
+    }
+
     /// Sets the deadline.
     #[must_use]
     pub fn with_deadline(mut self, deadline: Option<Instant>) -> Self {
