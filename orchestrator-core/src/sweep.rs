@@ -73,7 +73,7 @@
 //!     **concurrency limit** (global, per job, pool) or an **open breaker**:
 //!     no limit — such a job is never stuck for it;
 //!   - but never past the job's own timeout, which journals
-//!     `execution.timed_out` when it fires.
+//!     `execution.timeout_reached` when it fires.
 //!
 //! A stuck job gets [`stuck_job_escalation`](crate::recovery::stuck_job_escalation)
 //! journaled, queued like any record (with a failing store it lands when

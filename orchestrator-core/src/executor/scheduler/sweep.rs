@@ -99,9 +99,10 @@ impl Scheduler {
             })
     }
 
-    /// Escalates job `slot`, quiet for `quiet_ms`: journals the escalation,
-    /// and publishes it at once too when the job's appends are failing (its
-    /// record lands only when the store heals) or the job is over.
+    /// Escalates job `slot`, quiet for `quiet_ms`: queues the escalation to
+    /// be journaled, and publishes it at once when the job's appends are
+    /// failing (its record lands only when the store heals). A job whose
+    /// final record is already queued only gets it published.
     fn report_stuck(&mut self, slot: usize, quiet_ms: u64) {
         let now = self.now;
         let Some(job) = self.jobs[slot].as_mut() else {
@@ -111,8 +112,8 @@ impl Scheduler {
         let failing = job.store_failures > 0;
         tracing::error!(job = %job.id(), quiet_ms, failing_appends = failing,
             "job stuck: nothing journaled for longer than it may wait; escalating");
-        // A finished job's final record waits for the store: nothing may
-        // follow it, so the report is all there is.
+        // Nothing may follow a final record (still waiting for the store):
+        // the report is all there is.
         let over = job.view.state.is_terminal();
         if failing || over {
             self.shared.report_unjournaled(job.id(), event.clone());
