@@ -199,12 +199,14 @@ enum FeedError {
 }
 
 fn sse_event(record: &Record) -> SseEvent {
+    sse_report(record).id(record.seq.to_string())
+}
+
+/// `record` as an SSE event without an id: a report that is not journaled.
+fn sse_report(record: &Record) -> SseEvent {
     let data =
         serde_json::to_string(&EventRecord::from_record(record)).unwrap_or_else(|_| "{}".into());
-    SseEvent::default()
-        .id(record.seq.to_string())
-        .event(record.event.name())
-        .data(data)
+    SseEvent::default().event(record.event.name()).data(data)
 }
 
 /// Sends `record` unless already sent; says whether it was the last one.
@@ -263,10 +265,9 @@ async fn feed(
     loop {
         match live.recv().await {
             Ok(Some(n)) if &n.job == id && !n.journaled => {
-                let data = serde_json::to_string(&EventRecord::from_record(&n.record))
-                    .unwrap_or_else(|_| "{}".into());
-                let report = SseEvent::default().event(n.record.event.name()).data(data);
-                tx.send(report).await.map_err(|_| FeedError::Gone)?;
+                tx.send(sse_report(&n.record))
+                    .await
+                    .map_err(|_| FeedError::Gone)?;
             }
             Ok(Some(n)) if &n.job == id => {
                 if n.record.seq > last + 1 {
