@@ -363,6 +363,17 @@ pub(crate) struct ExecArgs {
     /// process id and random hex].
     #[arg(long, value_name = "ID", env = "INSTANCE_ID")]
     pub(crate) instance_id: Option<String>,
+    /// How long the scheduler may go without answering before this process
+    /// counts as wedged, reports its jobs stuck and hands them to other
+    /// processes; above --heartbeat [default: 60s, or two heartbeats if
+    /// longer].
+    #[arg(long, value_name = "DURATION", env = "STALL_TIMEOUT", value_parser = parse_duration)]
+    pub(crate) stall_timeout: Option<Duration>,
+    /// How much longer than it may legitimately wait (its running attempts'
+    /// timeouts, its retry timers) a job may go without journaling anything
+    /// before it is reported stuck [default: 60s].
+    #[arg(long, value_name = "DURATION", env = "STALL_GRACE", value_parser = parse_duration)]
+    pub(crate) stall_grace: Option<Duration>,
 }
 
 impl ExecArgs {
@@ -398,6 +409,20 @@ impl ExecArgs {
         }
         if let Some(n) = self.capacity {
             lease.capacity = n as usize;
+        }
+        match self.stall_timeout {
+            Some(d) if d <= lease.heartbeat => {
+                return Err(CliError::Usage(format!(
+                    "--stall-timeout ({d:?}) must be above --heartbeat ({:?}): the scheduler is asked once per heartbeat",
+                    lease.heartbeat
+                )));
+            }
+            Some(d) => lease.stall_timeout = d,
+            // A long heartbeat raises the default.
+            None => lease.stall_timeout = lease.stall_timeout.max(lease.heartbeat * 2),
+        }
+        if let Some(d) = self.stall_grace {
+            lease.stall_grace = d;
         }
         if let Some(id) = &self.instance_id {
             if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
@@ -766,10 +791,23 @@ mod tests {
         assert_eq!(config.lease.owner, "node-a");
         let config = serve(&["--lease-ttl", "9s", "--heartbeat", "1s"]).unwrap();
         assert_eq!(config.lease.heartbeat, Duration::from_secs(1));
+        assert_eq!(config.lease.stall_timeout, Duration::from_secs(60));
+        assert_eq!(config.lease.stall_grace, Duration::from_secs(60));
+        let config = serve(&["--stall-timeout", "2m", "--stall-grace", "30s"]).unwrap();
+        assert_eq!(config.lease.stall_timeout, Duration::from_secs(120));
+        assert_eq!(config.lease.stall_grace, Duration::from_secs(30));
+        let config = serve(&["--lease-ttl", "3m"]).unwrap();
+        assert_eq!(
+            config.lease.stall_timeout,
+            Duration::from_secs(120),
+            "two heartbeats"
+        );
         for bad in [
             &["--lease-ttl", "9s", "--heartbeat", "9s"][..],
             &["--heartbeat", "1m"][..],
             &["--instance-id", ""][..],
+            &["--stall-timeout", "5s"][..],
+            &["--lease-ttl", "3m", "--stall-timeout", "1m"][..],
         ] {
             assert!(
                 matches!(serve(bad), Err(CliError::Usage(_))),

@@ -5,7 +5,7 @@
 
 use orchestrator_core::executor::Lagged;
 use orchestrator_core::journal::{JobView, Record};
-use orchestrator_core::{Executor, ExecutorError, JobId, StoreError, StoreExt};
+use orchestrator_core::{Event, Executor, ExecutorError, JobId, StoreError, StoreExt};
 use tokio::sync::mpsc;
 
 use crate::error::CliError;
@@ -124,6 +124,13 @@ impl Follower<'_> {
         while !view.state.is_terminal() {
             tokio::select! {
                 got = feed.recv() => match got {
+                    // A report the executor could not journal (a stuck
+                    // job): shown, never folded.
+                    Ok(Some(n)) if n.job == *id && !n.journaled => {
+                        if let Event::EscalationRequired { reason, .. } = &n.record.event {
+                            reporter.note(&format!("escalation required (not journaled): {reason}"));
+                        }
+                    }
                     Ok(Some(n)) if n.job == *id => {
                         if n.record.seq > view.version + 1 {
                             self.catch_up(id, &mut view, reporter).await?;

@@ -51,6 +51,7 @@
 //! | [`runner`] | the [`Runner`] trait, [`RunContext`], [`Registry`], built-in runners |
 //! | [`executor`] | the [`Executor`]: scheduling, limits, retries, timeouts, cancellation, recovery, events |
 //! | [`recovery`] | recovery and escalation records: when `recovery.initiated` / `recovery.completed` / `escalation.required` are journaled |
+//! | [`sweep`] | the stuck-job sweeper: when a job with a live owner counts as stuck, and what a wedged executor does with its jobs |
 //! | [`notify`] | the event envelope, per-sink filters, the [`NotificationSink`](notify::NotificationSink) trait, the dispatcher, the log sink |
 //! | [`analytics`] | recovery statistics over journals: mean time to recovery, share recovered automatically, retries per node type |
 //! | [`duration`], [`time`] | human durations (`"30s"`), injectable clocks, job ids |
@@ -83,6 +84,7 @@ pub mod runner;
 pub mod spec;
 pub mod state;
 pub mod store;
+pub mod sweep;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod time;

@@ -104,8 +104,11 @@ pub enum EscalationCause {
     CompensationDeadLettered,
     /// A rollback ended with a compensation dead-lettered.
     RollbackIncomplete,
-    /// A job has made no progress for too long (its lease holder is gone
-    /// and nobody took it over).
+    /// A job made no progress for longer than it may wait although its
+    /// owner is alive and holds its lease: the owner's scheduler is wedged,
+    /// the job's appends keep failing, or it waits for something that does
+    /// not come (see [`crate::sweep`]). A dead owner's jobs are not stuck:
+    /// another executor takes them over when their lease lapses.
     JobStuck,
 }
 
@@ -136,8 +139,10 @@ pub fn dead_letter_escalation(node: u32, node_id: &str, detail: &str) -> Event {
     }
 }
 
-/// The `escalation.required` record for a job that made no progress since
-/// `since_ms` milliseconds (the lease sweeper journals it).
+/// The `escalation.required` record for a job that made no progress for
+/// `since_ms` milliseconds. The stuck-job sweeper ([`crate::sweep`])
+/// journals it, or publishes it unjournaled when the job's journal cannot
+/// take it.
 pub fn stuck_job_escalation(since_ms: u64) -> Event {
     Event::EscalationRequired {
         node: None,

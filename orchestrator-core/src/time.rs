@@ -29,6 +29,14 @@ impl Timestamp {
     pub const fn saturating_since(self, earlier: Timestamp) -> u64 {
         self.0.saturating_sub(earlier.0)
     }
+
+    /// `d` later (to the millisecond, saturating).
+    pub fn saturating_add(self, d: std::time::Duration) -> Timestamp {
+        Timestamp(
+            self.0
+                .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        )
+    }
 }
 
 /// A source of wall-clock time.

@@ -53,6 +53,7 @@ impl Pool {
                 ttl: TTL,
                 heartbeat: HEARTBEAT,
                 capacity,
+                ..LeaseConfig::default()
             },
             ..ExecutorConfig::default()
         };
@@ -334,6 +335,7 @@ async fn a_job_dropped_with_a_dispatched_attempt_gives_its_slot_back() {
                     ttl: TTL,
                     heartbeat: HEARTBEAT,
                     capacity: usize::MAX,
+                    ..LeaseConfig::default()
                 },
                 ..ExecutorConfig::default()
             })
@@ -381,6 +383,7 @@ async fn attempts_never_start_under_a_lapsed_lease() {
                 ttl: TTL,
                 heartbeat: Duration::from_secs(3600),
                 capacity: usize::MAX,
+                ..LeaseConfig::default()
             },
             ..ExecutorConfig::default()
         })

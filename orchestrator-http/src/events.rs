@@ -8,6 +8,11 @@
 //! last id it saw gets every event exactly once. Each event has `id:` (the
 //! record's seq), `event:` (its name, e.g. `node.failed`) and `data:` (the
 //! record as JSON). The stream ends after the job's final record.
+//!
+//! A live stream also passes on reports the executor could not journal (a
+//! stuck job's `escalation.required`, see `orchestrator_core::sweep`):
+//! without an `id:`, so they do not move the client's last event id, and
+//! with `seq` 0. They are not replayed.
 
 use std::convert::Infallible;
 
@@ -194,12 +199,14 @@ enum FeedError {
 }
 
 fn sse_event(record: &Record) -> SseEvent {
+    sse_report(record).id(record.seq.to_string())
+}
+
+/// `record` as an SSE event without an id: a report that is not journaled.
+fn sse_report(record: &Record) -> SseEvent {
     let data =
         serde_json::to_string(&EventRecord::from_record(record)).unwrap_or_else(|_| "{}".into());
-    SseEvent::default()
-        .id(record.seq.to_string())
-        .event(record.event.name())
-        .data(data)
+    SseEvent::default().event(record.event.name()).data(data)
 }
 
 /// Sends `record` unless already sent; says whether it was the last one.
@@ -257,6 +264,11 @@ async fn feed(
     }
     loop {
         match live.recv().await {
+            Ok(Some(n)) if &n.job == id && !n.journaled => {
+                tx.send(sse_report(&n.record))
+                    .await
+                    .map_err(|_| FeedError::Gone)?;
+            }
             Ok(Some(n)) if &n.job == id => {
                 if n.record.seq > last + 1 {
                     // Missed records (journaled between the replay and the

@@ -61,6 +61,8 @@ struct Jobs {
     results: BTreeMap<(&'static str, &'static str), u64>,
     /// Nodes that ended without running to a result (skipped, …).
     nodes_ended: BTreeMap<&'static str, u64>,
+    /// (cause, journaled) → `escalation.required` events seen.
+    escalations: BTreeMap<(&'static str, bool), u64>,
     lagged: u64,
 }
 
@@ -88,6 +90,7 @@ impl Metrics {
                 attempts: 0,
                 results: BTreeMap::new(),
                 nodes_ended: BTreeMap::new(),
+                escalations: BTreeMap::new(),
                 lagged: 0,
             }),
             nodes: Mutex::new(NodeMetrics::default()),
@@ -107,10 +110,18 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// Folds one journaled event in.
+    /// Folds one event of the feed in: a journaled record, or a report
+    /// the executor could not journal (only counted as an escalation).
     pub(crate) fn observe(&self, n: &Notification) {
-        lock(&self.nodes).observe(n);
         let mut jobs = lock(&self.jobs);
+        if let Event::EscalationRequired { cause, .. } = &n.record.event {
+            let cause = cause.map_or("unspecified", |c| c.as_str());
+            *jobs.escalations.entry((cause, n.journaled)).or_default() += 1;
+        }
+        if !n.journaled {
+            return;
+        }
+        lock(&self.nodes).observe(n);
         let set = |jobs: &mut Jobs, state: JobState| {
             if state.is_terminal() {
                 jobs.active.remove(&n.job);
@@ -227,6 +238,13 @@ impl Metrics {
                     "orchestrator_nodes_ended_total{{state=\"{state}\"}} {n}"
                 );
             }
+            out.push_str("# HELP orchestrator_escalations_total Escalations (escalation.required), by cause; journaled=\"false\" counts reports the executor could not journal (a stuck job whose executor is wedged or whose appends fail).\n# TYPE orchestrator_escalations_total counter\n");
+            for ((cause, journaled), n) in &jobs.escalations {
+                let _ = writeln!(
+                    out,
+                    "orchestrator_escalations_total{{cause=\"{cause}\",journaled=\"{journaled}\"}} {n}"
+                );
+            }
             out.push_str("# HELP orchestrator_event_feed_lagged_total Event batches the metrics feed missed.\n# TYPE orchestrator_event_feed_lagged_total counter\n");
             let _ = writeln!(out, "orchestrator_event_feed_lagged_total {}", jobs.lagged);
         }
@@ -273,6 +291,7 @@ fn escape(v: &str) -> String {
 mod tests {
     use super::*;
     use orchestrator_core::journal::Record;
+    use orchestrator_core::recovery::EscalationCause;
     use orchestrator_core::{Failure, Timestamp};
 
     fn note(job: &str, seq: u64, event: Event) -> Notification {
@@ -283,6 +302,7 @@ mod tests {
                 at: Timestamp(0),
                 event,
             },
+            journaled: true,
         }
     }
 
@@ -317,6 +337,16 @@ mod tests {
                 state: JobState::Cancelled,
             },
         ));
+        let stuck = Event::EscalationRequired {
+            node: None,
+            cause: Some(EscalationCause::JobStuck),
+            reason: "stuck".into(),
+        };
+        m.observe(&Notification {
+            journaled: false,
+            ..note("a", 0, stuck.clone())
+        });
+        m.observe(&note("a", 6, stuck));
         m.request("GET", "/job/{job_id}", 200, Duration::from_millis(3));
         let text = m.render();
         assert!(
@@ -326,6 +356,11 @@ mod tests {
         assert!(text.contains("orchestrator_jobs{state=\"queued\"} 0\n"));
         assert!(text.contains("orchestrator_jobs_finished_total{state=\"cancelled\"} 1\n"));
         assert!(text.contains("orchestrator_node_attempts_total 1\n"));
+        for journaled in [false, true] {
+            assert!(text.contains(&format!(
+                "orchestrator_escalations_total{{cause=\"job_stuck\",journaled=\"{journaled}\"}} 1\n"
+            )));
+        }
         assert!(text.contains(
             "orchestrator_node_results_total{result=\"retry_scheduled\",class=\"transient\"} 1\n"
         ));

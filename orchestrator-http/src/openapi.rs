@@ -85,7 +85,8 @@ impl Modify for BearerAuth {
 pub struct ApiDoc;
 
 /// Prometheus metrics: jobs by state, node attempts and results by class,
-/// HTTP requests by route and status, request durations, circuit breakers.
+/// escalations by cause, HTTP requests by route and status, request
+/// durations, circuit breakers.
 #[utoipa::path(
     get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format 0.0.4.", body = String, content_type = "text/plain"))

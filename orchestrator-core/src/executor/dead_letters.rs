@@ -368,6 +368,7 @@ impl Executor {
         let _ = shared.events.send(Arc::new(Batch {
             job: id.job.clone(),
             records,
+            journaled: true,
         }));
         Ok(Activation {
             view,
@@ -448,6 +449,7 @@ impl Executor {
                     let _ = shared.events.send(Arc::new(Batch {
                         job: id.job.clone(),
                         records,
+                        journaled: true,
                     }));
                     break now;
                 }

@@ -9,11 +9,16 @@
 //!    (its attempts are cancelled, nothing more is journaled), since another
 //!    executor may be running it now;
 //! 2. acts on cancel requests other executors left on those jobs;
-//! 3. claims queued and orphaned jobs, highest priority first, up to the
+//! 3. pings the scheduler, which sweeps its jobs for stuck ones and answers
+//!    at once; a scheduler that has not answered for longer than the stall
+//!    timeout is wedged, and the keeper reports and hands off every job it
+//!    holds instead of renewing it (see [`crate::sweep`]);
+//! 4. claims queued and orphaned jobs, highest priority first, up to the
 //!    executor's capacity (after a random pause of up to a fifth of the
 //!    heartbeat, so that executors ticking in step do not all race for the
 //!    same jobs), and hands them to the scheduler, which resumes them from
-//!    the journal exactly as after a restart.
+//!    the journal exactly as after a restart — unless the scheduler is
+//!    wedged.
 //!
 //! The keeper never writes to a journal: the scheduler does, carrying the
 //! lease's fencing token, so a late write from an executor that lost a job
@@ -24,6 +29,8 @@ use std::sync::{Arc, Mutex};
 
 use rand::Rng as _;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::{Activation, Command, ExecutorError, Shared};
 use crate::dag::Dag;
@@ -31,14 +38,22 @@ use crate::store::lease::{CancelRequest, Granted, Lease};
 use crate::store::{StoreError, StoreExt};
 use crate::time::JobId;
 
-/// The leases an executor holds, by job. Shared by the keeper (renewals),
-/// the executor handle (claims) and the scheduler (which forgets a job's
-/// lease when it lets the job go).
+/// The leases an executor holds, by job. Shared by the keeper (renewals,
+/// hand-offs), the executor handle (claims) and the scheduler (which
+/// forgets a job's lease when it lets the job go).
 #[derive(Debug, Default)]
-pub(crate) struct Held(Mutex<HashMap<JobId, Lease>>);
+pub(crate) struct Held(Mutex<HashMap<JobId, Holding>>);
+
+/// One held lease, and what stops the job's attempts.
+#[derive(Debug)]
+struct Holding {
+    lease: Lease,
+    /// The job's cancellation token, once the scheduler runs it.
+    attempts: Option<Arc<CancellationToken>>,
+}
 
 impl Held {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Lease>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Holding>> {
         // Every mutation is a single map operation: a panic elsewhere while
         // the lock was held cannot leave it half-updated.
         self.0
@@ -47,24 +62,45 @@ impl Held {
     }
 
     pub(crate) fn hold(&self, lease: Lease) {
-        self.lock().insert(lease.job.clone(), lease);
+        self.lock().insert(
+            lease.job.clone(),
+            Holding {
+                lease,
+                attempts: None,
+            },
+        );
+    }
+
+    /// Remembers the token that stops `job`'s attempts, for a hand-off.
+    pub(crate) fn attach(&self, job: &JobId, attempts: Arc<CancellationToken>) {
+        if let Some(held) = self.lock().get_mut(job) {
+            held.attempts = Some(attempts);
+        }
     }
 
     pub(crate) fn forget(&self, job: &JobId) -> Option<Lease> {
-        self.lock().remove(job)
+        self.lock().remove(job).map(|h| h.lease)
+    }
+
+    /// Forgets every lease.
+    fn drain(&self) -> Vec<(JobId, Holding)> {
+        self.lock().drain().collect()
     }
 
     pub(crate) fn all(&self) -> Vec<Lease> {
-        self.lock().values().cloned().collect()
+        self.lock().values().map(|h| h.lease.clone()).collect()
     }
 
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 
-    /// When the lease held on `job` expires (as last renewed), if held.
-    pub(crate) fn expiry(&self, job: &JobId) -> Option<crate::time::Timestamp> {
-        self.lock().get(job).map(|l| l.expires_at)
+    /// Whether a lease on `job` is held and, as last renewed, still live at
+    /// `now`.
+    pub(crate) fn live(&self, job: &JobId, now: crate::time::Timestamp) -> bool {
+        self.lock()
+            .get(job)
+            .is_some_and(|h| now < h.lease.expires_at)
     }
 
     pub(crate) fn contains(&self, job: &JobId) -> bool {
@@ -74,8 +110,8 @@ impl Held {
     /// Records a renewal, unless the job was let go meanwhile.
     fn renewed(&self, lease: Lease) {
         if let Some(held) = self.lock().get_mut(&lease.job) {
-            if held.token == lease.token {
-                *held = lease;
+            if held.lease.token == lease.token {
+                held.lease = lease;
             }
         }
     }
@@ -170,13 +206,16 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: mpsc::WeakUnboundedSender<Comma
         .max(std::time::Duration::from_millis(1));
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut scheduler = Liveness::new();
     loop {
         tick.tick().await;
         let Some(tx) = tx.upgrade() else {
             return;
         };
+        let wedged = scheduler.wedged(&shared, &tx);
         renew(&shared, &tx).await;
-        if claim {
+        scheduler.ping(&tx);
+        if claim && !wedged {
             let pause = heartbeat / 5;
             if !pause.is_zero() {
                 let jitter = rand::rng().random_range(0..=pause.as_millis() as u64);
@@ -185,6 +224,129 @@ pub(crate) async fn run(shared: Arc<Shared>, tx: mpsc::WeakUnboundedSender<Comma
             claim_orphans(&shared, &tx).await;
         }
     }
+}
+
+/// What the keeper knows of the scheduler's liveness (see
+/// [`crate::sweep`]).
+struct Liveness {
+    /// When the scheduler last answered a ping.
+    answered: Instant,
+    /// The answer to the last ping, until it comes.
+    reply: Option<oneshot::Receiver<Instant>>,
+    /// Whether a ping is unanswered (also when the scheduler is gone and
+    /// never will answer).
+    waiting: bool,
+    /// Whether it is wedged: its jobs are handed off.
+    wedged: bool,
+}
+
+impl Liveness {
+    fn new() -> Self {
+        Self {
+            answered: Instant::now(),
+            reply: None,
+            waiting: false,
+            wedged: false,
+        }
+    }
+
+    /// Sends the next ping (and with it the sweep of every job), unless the
+    /// last one is unanswered.
+    fn ping(&mut self, tx: &mpsc::UnboundedSender<Command>) {
+        if !self.waiting {
+            let (reply, rx) = oneshot::channel();
+            self.waiting = true;
+            if tx.send(Command::Sweep { reply }).is_ok() {
+                self.reply = Some(rx);
+            }
+        }
+    }
+
+    /// Whether the scheduler is wedged: a ping is unanswered, and it has
+    /// not answered one for longer than the stall timeout. Then every job
+    /// still held is handed off (see [`hand_off`]), now and at every tick
+    /// until it answers again.
+    fn wedged(&mut self, shared: &Shared, tx: &mpsc::UnboundedSender<Command>) -> bool {
+        if let Some(reply) = &mut self.reply {
+            match reply.try_recv() {
+                Ok(at) => {
+                    self.answered = at;
+                    self.reply = None;
+                    self.waiting = false;
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {}
+                // Dropped unanswered: the scheduler is gone.
+                Err(oneshot::error::TryRecvError::Closed) => self.reply = None,
+            }
+        }
+        let silent = self.answered.elapsed();
+        let wedged = self.waiting && silent > shared.config.lease.stall_timeout;
+        if wedged != self.wedged {
+            if wedged {
+                tracing::error!(
+                    silent_ms = silent.as_millis() as u64,
+                    "the scheduler has stopped answering; reporting its jobs stuck and handing them to other executors"
+                );
+            } else {
+                tracing::warn!("the scheduler answers again; claiming jobs again");
+            }
+            self.wedged = wedged;
+        }
+        if wedged {
+            hand_off(shared, tx, silent);
+        }
+        wedged
+    }
+}
+
+/// Lets go of every job a wedged executor holds, so that another executor
+/// runs it: reports it stuck (on the event feed: its journal cannot take
+/// the record), forgets its lease, has the scheduler drop it when it wakes
+/// up, stops its attempts, and releases the lease once the attempts had the
+/// cancel grace to stop.
+fn hand_off(shared: &Shared, tx: &mpsc::UnboundedSender<Command>, silent: std::time::Duration) {
+    let mut released = Vec::new();
+    for (job, holding) in shared.leases.drain() {
+        let silent_ms = silent.as_millis() as u64;
+        tracing::error!(%job, silent_ms, "job stuck: its executor's scheduler has not answered for {silent_ms} ms; handing the job over");
+        shared.report_unjournaled(&job, crate::recovery::stuck_job_escalation(silent_ms));
+        // Before the attempts are stopped: what a stopped attempt reports
+        // must find the job already dropped, never be journaled as a
+        // cancellation.
+        let _ = tx.send(Command::Lost { job });
+        if let Some(attempts) = holding.attempts {
+            attempts.cancel();
+        }
+        released.push(holding.lease);
+    }
+    if released.is_empty() {
+        return;
+    }
+    let store = Arc::clone(&shared.store);
+    let grace = shared.config.cancel_grace;
+    let bound = shared.config.lease.heartbeat;
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        let results = futures::future::join_all(
+            released
+                .iter()
+                .map(|lease| tokio::time::timeout(bound, store.release(lease))),
+        )
+        .await;
+        for (lease, result) in released.iter().zip(results) {
+            match result {
+                Ok(Ok(())) => {
+                    tracing::info!(job = %lease.job, "lease released for another executor to take over");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(job = %lease.job, error = %e, "releasing the lease failed; it lapses after its TTL");
+                }
+                Err(_) => {
+                    tracing::warn!(job = %lease.job, "releasing the lease timed out; it lapses after its TTL");
+                }
+            }
+        }
+    });
 }
 
 /// Renews every held lease; drops the jobs whose lease is gone.

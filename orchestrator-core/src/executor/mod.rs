@@ -128,6 +128,16 @@ pub struct LeaseConfig {
     /// Most jobs this executor runs at once; submissions beyond it stay
     /// queued in the store for any executor with room.
     pub capacity: usize,
+    /// How long the scheduler may leave the keeper's ping unanswered before
+    /// the executor counts as wedged and hands its jobs to other executors
+    /// (see [`crate::sweep`]). Must exceed the heartbeat and the slowest
+    /// append the store may legitimately take; while it runs, a wedged
+    /// executor's jobs stand still.
+    pub stall_timeout: Duration,
+    /// How much longer than it may legitimately wait a job's journal may
+    /// stay quiet before the job is reported stuck (see [`crate::sweep`]);
+    /// also how long its appends may keep failing.
+    pub stall_grace: Duration,
 }
 
 impl Default for LeaseConfig {
@@ -137,6 +147,8 @@ impl Default for LeaseConfig {
             ttl: Duration::from_secs(15),
             heartbeat: Duration::from_secs(5),
             capacity: usize::MAX,
+            stall_timeout: Duration::from_secs(60),
+            stall_grace: Duration::from_secs(60),
         }
     }
 }
@@ -226,20 +238,29 @@ impl From<StoreError> for ExecutorError {
     }
 }
 
-/// One journaled event, as published to subscribers.
+/// One event, as published to subscribers: a journaled record, or a
+/// report the job's journal could not take.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Notification {
     /// The job.
     pub job: JobId,
     /// The record (its `event.name()` is the stream's event type).
     pub record: Record,
+    /// Whether the record is in the job's journal. `false` for a report
+    /// published although it could not be journaled — a stuck job's
+    /// `escalation.required` when its executor is wedged or its appends are
+    /// failing (see [`crate::sweep`]); its `seq` is then 0. If the journal
+    /// takes the record later, it is published again, journaled.
+    pub journaled: bool,
 }
 
-/// Records of one job made durable together.
+/// Records of one job published together: made durable together, or
+/// reported without being journaled.
 #[derive(Debug)]
 pub(crate) struct Batch {
     pub(crate) job: JobId,
     pub(crate) records: Vec<Record>,
+    pub(crate) journaled: bool,
 }
 
 /// A live feed of every journaled event, in journal order per job.
@@ -264,6 +285,7 @@ impl Subscription {
                     return Ok(Some(Notification {
                         job: batch.job.clone(),
                         record: record.clone(),
+                        journaled: batch.journaled,
                     }));
                 }
                 self.current = None;
@@ -458,6 +480,22 @@ impl Shared {
         Ok(Arc::new(registry))
     }
 
+    /// Publishes `event` of `job` to subscribers without journaling it
+    /// (with seq 0), for a report the job's journal cannot take now: a
+    /// stuck job's escalation (see [`crate::sweep`]).
+    pub(crate) fn report_unjournaled(&self, job: &JobId, event: Event) {
+        let record = Record {
+            seq: 0,
+            at: self.clock.now(),
+            event,
+        };
+        let _ = self.events.send(Arc::new(Batch {
+            job: job.clone(),
+            records: vec![record],
+            journaled: false,
+        }));
+    }
+
     /// The runner registry, for reading. A panic while it was held cannot
     /// leave it half-updated (every write is one map insert), so a poisoned
     /// lock is still consistent.
@@ -511,6 +549,12 @@ pub(crate) enum Command {
     DeadLettersStored {
         slot: usize,
         gen: u64,
+    },
+    /// The keeper's ping, once per heartbeat: sweeps the active jobs for
+    /// stuck ones and answers at once with the time it was read (see
+    /// [`crate::sweep`]).
+    Sweep {
+        reply: oneshot::Sender<tokio::time::Instant>,
     },
     /// Journals an event that changes no state on an active job; answers
     /// `NotFound` when the job is not active here.
@@ -815,6 +859,7 @@ impl Executor {
         let _ = shared.events.send(Arc::new(Batch {
             job: id.clone(),
             records,
+            journaled: true,
         }));
         // Run it here if there is room; otherwise it stays queued in the
         // store for whichever executor has room first.
@@ -1080,6 +1125,7 @@ impl Executor {
         let _ = shared.events.send(Arc::new(Batch {
             job: id.clone(),
             records: vec![record],
+            journaled: true,
         }));
         shared.leases.hold(lease);
         self.command(Command::Activate(Box::new(Activation {

@@ -12,6 +12,9 @@
 //!
 //! Hot-path costs per node are O(1) plus O(out-degree) for its successors:
 //! no journal replay, no whole-graph scan, no lock held across an await.
+//! The stuck-job sweep ([`sweep`]) runs once per heartbeat, off that path.
+
+mod sweep;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -221,6 +224,17 @@ struct ActiveJob {
     fence: u64,
     stalled: bool,
     store_failures: u32,
+    /// When the journal last took a record of the job (or the job became
+    /// active here): the start of its quiet time for the stuck-job sweep.
+    durable_at: Timestamp,
+    /// When its appends began failing (meaningful while `store_failures`
+    /// is not 0).
+    failing_since: Timestamp,
+    /// When the job's timeout fires, if its timer is armed.
+    timeout_at: Option<Timestamp>,
+    /// The version at which it was last reported stuck: not again until
+    /// something is journaled after that report.
+    stuck: Option<u64>,
     finishing: bool,
     /// Whether this run's test outcomes are in the history store (recorded
     /// before the final record, so a crash in between records them again,
@@ -257,10 +271,6 @@ struct ActiveJob {
     /// its lock on every attempt. `None` until found (a type may be
     /// registered late, e.g. after a restart with a smaller registry).
     runners: Vec<NodeType>,
-    /// The lease's expiry as last read from the keeper's table: renewals
-    /// only push it later, so a fresh clock before it means the lease is
-    /// live without taking the table's lock (see [`Scheduler::perform`]).
-    lease_live_until: Timestamp,
 }
 
 /// What the hot path needs of one node's spec, packed. A `NodeSpec` is
@@ -784,6 +794,9 @@ pub(crate) struct Scheduler {
     breaker_index: HashMap<String, u32>,
     /// Transitions made this iteration, journaled at its end.
     breaker_transitions: Vec<(u32, Transition)>,
+    /// The keeper asked for a sweep: done after this iteration's dispatch,
+    /// when every job's state is settled.
+    sweep_due: bool,
 }
 
 enum Wake {
@@ -824,6 +837,7 @@ impl Scheduler {
             breakers: Vec::new(),
             breaker_index: HashMap::new(),
             breaker_transitions: Vec::new(),
+            sweep_due: false,
         }
     }
 
@@ -855,6 +869,9 @@ impl Scheduler {
                 }
             }
             self.dispatch();
+            if std::mem::take(&mut self.sweep_due) {
+                self.sweep();
+            }
             self.journal_breakers();
             self.flush().await;
             // A replayed batch may leave newer records pending: journal them
@@ -994,6 +1011,10 @@ impl Scheduler {
                     job.check_done(now);
                     self.mark(slot);
                 }
+            }
+            Command::Sweep { reply } => {
+                let _ = reply.send(tokio::time::Instant::now());
+                self.sweep_due = true;
             }
             Command::Journal { job, event, reply } => {
                 let Some(&slot) = self.by_id.get(&job) else {
@@ -1140,6 +1161,10 @@ impl Scheduler {
             fence,
             stalled: false,
             store_failures: 0,
+            durable_at: self.now,
+            failing_since: self.now,
+            timeout_at: None,
+            stuck: None,
             finishing: false,
             history_recorded: self.shared.config.flaky.keep == 0,
             cancel_waiters: Vec::new(),
@@ -1156,7 +1181,6 @@ impl Scheduler {
             admitted: HashMap::new(),
             dlq_unwritten: 0,
             runners,
-            lease_live_until: Timestamp::default(),
             view,
         };
         self.attach_breakers(&mut job, slot, gen);
@@ -1213,11 +1237,15 @@ impl Scheduler {
         }
         job.check_done(now);
         let id = job.id().clone();
-        self.jobs[slot] = Some(job);
-        self.by_id.insert(id, slot);
+        // A wedged scheduler's jobs are handed off by the keeper, which
+        // then stops their attempts with this token.
+        self.shared.leases.attach(&id, Arc::clone(&job.token));
         if let Some(t) = timeout_in {
+            job.timeout_at = Some(now.saturating_add(t));
             self.timers.insert(Timer::JobTimeout { slot, gen }, t);
         }
+        self.jobs[slot] = Some(job);
+        self.by_id.insert(id, slot);
         self.mark(slot);
     }
 
@@ -1606,6 +1634,7 @@ impl Scheduler {
                     return;
                 };
                 job.durable = version;
+                job.durable_at = self.now;
                 job.store_failures = 0;
                 let post = if replay {
                     job.failed.take().map(|f| f.post).unwrap_or_default()
@@ -1658,6 +1687,9 @@ impl Scheduler {
                     progress,
                 });
                 job.stalled = true;
+                if job.store_failures == 0 {
+                    job.failing_since = self.now;
+                }
                 job.store_failures += 1;
                 let delay = self.shared.config.store_retry_delay(job.store_failures);
                 tracing::warn!(job = %job.id(), error = %e, retry_in_ms = delay.as_millis() as u64,
@@ -1676,6 +1708,7 @@ impl Scheduler {
             let _ = self.shared.events.send(Arc::new(Batch {
                 job: job.id().clone(),
                 records,
+                journaled: true,
             }));
         } else if job.pending.is_empty() {
             // Reuse the buffer: steady-state journaling allocates nothing.
@@ -1694,9 +1727,10 @@ impl Scheduler {
             None if job.pending.is_empty() && job.failed.is_none() => std::mem::take(&mut job.post),
             None => return,
         };
-        // Attempts start only under a live lease. A process paused (or cut
-        // off) past its lease may find, on waking, attempts it journaled
-        // before the pause still to start — while the executor that took
+        // Attempts start only under a live lease held here. A process
+        // paused (or cut off) past its lease, or a wedged scheduler whose
+        // jobs the keeper handed off, may find on waking attempts it
+        // journaled before still to start — while the executor that took
         // the job over runs them again: drop the job instead.
         let unspawned = post
             .iter()
@@ -1704,10 +1738,8 @@ impl Scheduler {
             .count();
         // The clock is read afresh: `self.now` dates from before the append
         // this follows, and a pause may have fallen in between.
-        if unspawned > 0 && self.lease_lapsed(slot) {
-            if let Some(job) = self.jobs[slot].as_ref() {
-                tracing::warn!(job = %job.id(), "lease lapsed before attempts could start; dropping the job here");
-            }
+        if unspawned > 0 && !self.shared.leases.live(job.id(), self.shared.clock.now()) {
+            tracing::warn!(job = %job.id(), "lease lapsed or handed off before attempts could start; dropping the job here");
             self.running -= unspawned;
             self.release(slot);
             return;
@@ -1887,26 +1919,6 @@ impl Scheduler {
         job.finishing = false;
         job.check_done(now);
         self.mark(slot);
-    }
-
-    /// Whether the lease of job `slot` has lapsed, on a fresh clock.
-    fn lease_lapsed(&mut self, slot: usize) -> bool {
-        let now = self.shared.clock.now();
-        let Some(job) = self.jobs[slot].as_mut() else {
-            return false;
-        };
-        if now < job.lease_live_until {
-            return false;
-        }
-        match self.shared.leases.expiry(job.id()) {
-            Some(expires) if now < expires => {
-                job.lease_live_until = expires;
-                false
-            }
-            Some(_) => true,
-            // Let go already (the scheduler hears of it next).
-            None => false,
-        }
     }
 
     /// Forgets a job (finished, or no longer ours) and hands it back.

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::executor::Notification;
 use crate::journal::Record;
 use crate::spec::JobSpec;
 use crate::time::{JobId, Timestamp};
@@ -24,7 +25,8 @@ use crate::time::{JobId, Timestamp};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Envelope {
-    /// Unique and stable per event (`{job}-{seq}`): a receiver that sees an
+    /// Unique and stable per event (`{job}-{seq}`; for a report that is not
+    /// journaled, `{job}-unjournaled-{epoch ms}`): a receiver that sees an
     /// id twice (a retried delivery) can drop the copy.
     pub id: String,
     /// The event type, e.g. `escalation.required`, `recovery.completed`,
@@ -35,8 +37,16 @@ pub struct Envelope {
     pub time: String,
     /// The job.
     pub job: JobId,
-    /// The record's position in the job's journal (`GET /job/{id}/events`).
+    /// The record's position in the job's journal (`GET /job/{id}/events`);
+    /// 0 for a report that is not journaled.
     pub seq: u64,
+    /// Whether the event is in the job's journal; `false` (and only then
+    /// present in the JSON) for a report the executor published although it
+    /// could not journal it — a stuck job's `escalation.required` (see
+    /// [`crate::sweep`]). Such a report is delivered again, journaled, if
+    /// the journal takes it later.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub journaled: bool,
     /// The node's id, for node events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
@@ -48,7 +58,26 @@ pub struct Envelope {
     pub details: Map<String, Value>,
 }
 
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
+}
+
 impl Envelope {
+    /// The envelope of a notification of the executor's feed: of its
+    /// record ([`Envelope::new`]), or of a report that is not journaled.
+    pub fn of(n: &Notification, spec: Option<&JobSpec>) -> Self {
+        let mut envelope = Self::new(&n.job, &n.record, spec);
+        if !n.journaled {
+            envelope.journaled = false;
+            envelope.id = format!("{}-unjournaled-{}", n.job, n.record.at.as_millis());
+        }
+        envelope
+    }
+
     /// The envelope of `record` of `job`; `spec` (the job's) names the node.
     pub fn new(job: &JobId, record: &Record, spec: Option<&JobSpec>) -> Self {
         let mut details = match serde_json::to_value(&record.event) {
@@ -81,6 +110,7 @@ impl Envelope {
             time: rfc3339(record.at),
             job: job.clone(),
             seq: record.seq,
+            journaled: true,
             node,
             details,
         }
@@ -115,6 +145,43 @@ pub fn rfc3339(at: Timestamp) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_that_is_not_journaled_says_so_and_has_its_own_id() {
+        let job: JobId = "01JD0000000000000000000000".parse().unwrap();
+        let record = Record {
+            seq: 0,
+            at: Timestamp(1_795_933_376_123),
+            event: crate::recovery::stuck_job_escalation(90_000),
+        };
+        let journaled = Notification {
+            job: job.clone(),
+            record: Record {
+                seq: 7,
+                ..record.clone()
+            },
+            journaled: true,
+        };
+        let e = Envelope::of(&journaled, None);
+        assert_eq!(e.id, format!("{job}-7"));
+        assert!(e.journaled);
+        let json = serde_json::to_value(&e).unwrap();
+        assert!(json.get("journaled").is_none(), "absent when journaled");
+
+        let report = Notification {
+            job: job.clone(),
+            record,
+            journaled: false,
+        };
+        let e = Envelope::of(&report, None);
+        assert_eq!(e.id, format!("{job}-unjournaled-1795933376123"));
+        assert_eq!((e.seq, e.journaled), (0, false));
+        assert_eq!(e.details["cause"], "job_stuck");
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["journaled"], false);
+        let back: Envelope = serde_json::from_value(json).unwrap();
+        assert_eq!(back, e);
+    }
 
     #[test]
     fn rfc3339_formats_known_instants() {

@@ -14,7 +14,10 @@
 //! Events worth a page (`escalation.required`) and the recovery trail
 //! (`recovery.initiated`, `recovery.completed`) are described in
 //! [`crate::recovery`]; every other lifecycle event (`execution.*`,
-//! `node.*`) is delivered the same way.
+//! `node.*`) is delivered the same way. The feed also carries reports the
+//! executor could not journal — a stuck job's `escalation.required` while
+//! its executor is wedged or its appends fail ([`crate::sweep`]) — and
+//! sinks get them like the rest, marked `journaled: false`.
 //!
 //! Sinks here do no network or file I/O: the [`LogSink`] writes to
 //! `tracing`. The webhook sink lives in the HTTP adapter
@@ -360,7 +363,7 @@ impl Feed {
             Some(_) => self.spec(&n.job).await,
             None => None,
         };
-        let envelope = Arc::new(Envelope::new(&n.job, &n.record, spec.as_deref()));
+        let envelope = Arc::new(Envelope::of(n, spec.as_deref()));
         for out in &self.outs {
             if !out.filter.matches(name) {
                 continue;
