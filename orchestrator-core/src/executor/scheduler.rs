@@ -294,6 +294,13 @@ struct HotNode {
 /// The node runs in no pool.
 const NO_POOL: u32 = u32::MAX;
 
+impl HotNode {
+    /// The index of the node's pool in [`ActiveJob::pools`], if it has one.
+    fn pool(&self) -> Option<usize> {
+        (self.pool != NO_POOL).then_some(self.pool as usize)
+    }
+}
+
 /// A node type of a job, and its runner once found in the registry.
 type NodeType = (Box<str>, Option<Arc<dyn Runner>>);
 
@@ -1345,9 +1352,8 @@ impl Scheduler {
         };
         job.running -= 1;
         // The slot was taken at dispatch, whatever became of the attempt.
-        let pool = job.hot[f.node as usize].pool;
-        if pool != NO_POOL {
-            let pool = &mut job.pools[pool as usize];
+        if let Some(pool) = job.hot[f.node as usize].pool() {
+            let pool = &mut job.pools[pool];
             pool.running = pool.running.saturating_sub(1);
             if let Some(r) = pool.parked.pop() {
                 job.ready.push(r);
@@ -1505,8 +1511,7 @@ impl Scheduler {
             // Take this job's best node whose pool has room.
             while let Some(r) = job.ready.pop() {
                 let node = r.node.0;
-                let pool =
-                    Some(job.hot[node as usize].pool as usize).filter(|&p| p != NO_POOL as usize);
+                let pool = job.hot[node as usize].pool();
                 if let Some(p) = pool {
                     let pool = &job.pools[p];
                     if pool.running >= pool.limit {
