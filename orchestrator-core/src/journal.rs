@@ -73,7 +73,9 @@ pub enum Event {
         /// Its final state.
         state: JobState,
     },
-    /// A node's trigger rule is met.
+    /// A node's trigger rule is met and it waits to start (for a slot, a
+    /// pool or an open breaker). A node that starts as soon as it is ready
+    /// is journaled as [`Event::NodeStarted`] only, its readiness implied.
     NodeReady {
         /// Node index.
         node: u32,
@@ -88,7 +90,8 @@ pub enum Event {
         /// Node index.
         node: u32,
     },
-    /// An attempt started.
+    /// An attempt started (from `ready`, or straight from `pending`: see
+    /// [`Event::NodeReady`]).
     NodeStarted {
         /// Node index.
         node: u32,

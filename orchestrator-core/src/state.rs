@@ -246,7 +246,7 @@ impl NodeMachine {
     /// | pending | ready | ready | enqueue |
     /// | pending | skip | skipped | release downstream |
     /// | pending | upstream_failed | upstream_failed | release downstream |
-    /// | ready | start(attempts+1) | running | run attempt |
+    /// | pending, ready | start(attempts+1) | running | run attempt |
     /// | running | succeed | succeeded | release downstream |
     /// | running | fail(class ≠ cancelled, retry in d) | retry_waiting | schedule retry(d) |
     /// | running | fail(timeout, no retry) | timed_out | release downstream |
@@ -278,7 +278,11 @@ impl NodeMachine {
             (S::Pending, Ev::Ready) => to(S::Ready, E::Enqueue),
             (S::Pending, Ev::Skip) => to(S::Skipped, E::ReleaseDownstream),
             (S::Pending, Ev::UpstreamFailed) => to(S::UpstreamFailed, E::ReleaseDownstream),
-            (S::Ready, Ev::Start { attempt }) if Some(attempt) == self.attempts.checked_add(1) => {
+            // From pending: a node that starts as soon as it is ready is
+            // journaled as started only (its readiness is implied).
+            (S::Pending | S::Ready, Ev::Start { attempt })
+                if Some(attempt) == self.attempts.checked_add(1) =>
+            {
                 Ok((
                     NodeMachine {
                         state: S::Running,

@@ -688,7 +688,8 @@ async fn one_unreadable_job_does_not_stop_recovery_of_the_others() {
         .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     drop(ex);
-    // A job whose journal is an illegal sequence (a node started while pending).
+    // A job whose journal is an illegal sequence (a node succeeded without
+    // ever starting).
     let id: JobId = "broken-job".parse().unwrap();
     let header = Arc::new(JobHeader {
         id: id.clone(),
@@ -707,9 +708,10 @@ async fn one_unreadable_job_does_not_stop_recovery_of_the_others() {
         Record {
             seq: 2,
             at: Timestamp(1),
-            event: Event::NodeStarted {
+            event: Event::NodeSucceeded {
                 node: 0,
                 attempt: 1,
+                output: serde_json::Value::Null,
             },
         },
     ];

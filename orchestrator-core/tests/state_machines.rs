@@ -68,6 +68,12 @@ fn node_table() -> Vec<(NodeState, String, NodeState, NodeEffect)> {
             E::RunAttempt,
         ),
         (
+            S::Pending,
+            "start(attempts+1)".into(),
+            S::Running,
+            E::RunAttempt,
+        ),
+        (
             S::Running,
             "succeed".into(),
             S::Succeeded,
@@ -206,7 +212,7 @@ fn node_events(attempts: u32) -> Vec<NodeEvent> {
 #[test]
 fn every_node_state_and_event_matches_the_table() {
     let table = node_table();
-    assert_eq!(table.len(), 29, "the documented table expands to 29 rows");
+    assert_eq!(table.len(), 30, "the documented table expands to 30 rows");
     let mut used = BTreeSet::new();
     let mut accepted = 0;
     for state in NodeState::ALL {
@@ -847,7 +853,9 @@ proptest! {
                     }
                     prop_assert!(after.attempts >= before.attempts, "attempts decreased");
                     if after.state == NodeState::Running {
-                        prop_assert_eq!(before.state, NodeState::Ready);
+                        // Started from ready, or straight from pending
+                        // (readiness implied).
+                        prop_assert!(matches!(before.state, NodeState::Ready | NodeState::Pending));
                         prop_assert_eq!(event, NodeEvent::Start { attempt: before.attempts + 1 });
                         prop_assert_eq!(after.attempts, before.attempts + 1);
                         // A node that succeeded is never run again.

@@ -38,17 +38,22 @@ enum Stop {
     HeartbeatLost(Duration),
 }
 
-/// Runs `runner` under `limits`. `ctx`'s token is the one the runner sees;
-/// `job_token` is cancelled when the whole job is.
+/// Runs `runner` under `limits`. `ctx`'s token is the one the runner sees:
+/// `own_token` when the attempt has one of its own (a child of the job's,
+/// so that a timeout stops just this attempt), else `job_token`, which is
+/// cancelled when the whole job is.
 pub(crate) async fn run_attempt(
     runner: Arc<dyn Runner>,
     ctx: RunContext,
     limits: AttemptLimits,
     job_token: Arc<CancellationToken>,
+    own_token: Option<Arc<CancellationToken>>,
 ) -> Result<Value, Failure> {
     let heartbeat = ctx.heartbeat().clone();
-    let own_token = ctx.shared_cancel_token();
-    let mut fut: Attempt<'_> = AssertUnwindSafe(runner.run(ctx)).catch_unwind();
+    // Called on the trait object itself: through `Arc<dyn Runner>`'s own
+    // `Runner` impl, every attempt would box a second future around the
+    // runner's.
+    let mut fut: Attempt<'_> = AssertUnwindSafe(runner.as_ref().run(ctx)).catch_unwind();
 
     // Fast path: a runner that finishes on its first poll (noop, cached
     // results) never registers a timer or a cancellation waiter. The slow
@@ -57,6 +62,7 @@ pub(crate) async fn run_attempt(
     if let Some(result) = (&mut fut).now_or_never() {
         return finish(result);
     }
+    let own_token = own_token.unwrap_or_else(|| Arc::clone(&job_token));
     Box::pin(supervise(fut, own_token, heartbeat, limits, job_token)).await
 }
 

@@ -25,6 +25,7 @@
 //! is refused by the store whatever the keeper knows.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rand::Rng as _;
@@ -36,7 +37,7 @@ use super::{Activation, Command, ExecutorError, Shared};
 use crate::dag::Dag;
 use crate::store::lease::{CancelRequest, Granted, Lease};
 use crate::store::{StoreError, StoreExt};
-use crate::time::JobId;
+use crate::time::{JobId, Timestamp};
 
 /// The leases an executor holds, by job. Shared by the keeper (renewals,
 /// hand-offs), the executor handle (claims) and the scheduler (which
@@ -50,6 +51,32 @@ struct Holding {
     lease: Lease,
     /// The job's cancellation token, once the scheduler runs it.
     attempts: Option<Arc<CancellationToken>>,
+    /// The lease's expiry as the scheduler reads it (see [`LeaseGauge`]).
+    gauge: LeaseGauge,
+}
+
+/// A held lease's expiry, shared with the scheduler so that the check
+/// before every attempt start is one atomic load instead of a lock and a
+/// lookup by job id. The table keeps it current: a renewal stores the new
+/// expiry, and forgetting the lease (a loss, a hand-off, a release) stores
+/// 0, so the scheduler sees a job let go at its next check, as it did
+/// through the table.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LeaseGauge(Arc<AtomicU64>);
+
+impl LeaseGauge {
+    fn new(expires_at: Timestamp) -> Self {
+        Self(Arc::new(AtomicU64::new(expires_at.0)))
+    }
+
+    fn set(&self, expires_at: Timestamp) {
+        self.0.store(expires_at.0, Ordering::Release);
+    }
+
+    /// Whether the lease, as last renewed and not let go, is live at `now`.
+    pub(crate) fn live(&self, now: Timestamp) -> bool {
+        now.0 < self.0.load(Ordering::Acquire)
+    }
 }
 
 impl Held {
@@ -62,29 +89,52 @@ impl Held {
     }
 
     pub(crate) fn hold(&self, lease: Lease) {
-        self.lock().insert(
+        let mut held = self.lock();
+        // A lease held anew keeps its gauge: whoever reads it follows the
+        // new lease, as a lookup by job id would.
+        let gauge = match held.get(&lease.job) {
+            Some(old) => {
+                old.gauge.set(lease.expires_at);
+                old.gauge.clone()
+            }
+            None => LeaseGauge::new(lease.expires_at),
+        };
+        held.insert(
             lease.job.clone(),
             Holding {
                 lease,
                 attempts: None,
+                gauge,
             },
         );
     }
 
-    /// Remembers the token that stops `job`'s attempts, for a hand-off.
-    pub(crate) fn attach(&self, job: &JobId, attempts: Arc<CancellationToken>) {
-        if let Some(held) = self.lock().get_mut(job) {
-            held.attempts = Some(attempts);
+    /// Remembers the token that stops `job`'s attempts, for a hand-off,
+    /// and returns the gauge of its lease (one that is never live if the
+    /// lease is not held).
+    pub(crate) fn attach(&self, job: &JobId, attempts: Arc<CancellationToken>) -> LeaseGauge {
+        match self.lock().get_mut(job) {
+            Some(held) => {
+                held.attempts = Some(attempts);
+                held.gauge.clone()
+            }
+            None => LeaseGauge::default(),
         }
     }
 
     pub(crate) fn forget(&self, job: &JobId) -> Option<Lease> {
-        self.lock().remove(job).map(|h| h.lease)
+        let holding = self.lock().remove(job)?;
+        holding.gauge.set(Timestamp(0));
+        Some(holding.lease)
     }
 
     /// Forgets every lease.
     fn drain(&self) -> Vec<(JobId, Holding)> {
-        self.lock().drain().collect()
+        let all: Vec<(JobId, Holding)> = self.lock().drain().collect();
+        for (_, holding) in &all {
+            holding.gauge.set(Timestamp(0));
+        }
+        all
     }
 
     pub(crate) fn all(&self) -> Vec<Lease> {
@@ -95,14 +145,6 @@ impl Held {
         self.lock().len()
     }
 
-    /// Whether a lease on `job` is held and, as last renewed, still live at
-    /// `now`.
-    pub(crate) fn live(&self, job: &JobId, now: crate::time::Timestamp) -> bool {
-        self.lock()
-            .get(job)
-            .is_some_and(|h| now < h.lease.expires_at)
-    }
-
     pub(crate) fn contains(&self, job: &JobId) -> bool {
         self.lock().contains_key(job)
     }
@@ -111,6 +153,7 @@ impl Held {
     fn renewed(&self, lease: Lease) {
         if let Some(held) = self.lock().get_mut(&lease.job) {
             if held.lease.token == lease.token {
+                held.gauge.set(lease.expires_at);
                 held.lease = lease;
             }
         }

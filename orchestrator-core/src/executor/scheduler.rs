@@ -202,10 +202,17 @@ struct ActiveJob {
     default_policy: Arc<dyn RetryPolicy>,
     node_policies: HashMap<u32, Arc<dyn RetryPolicy>>,
     upstream: Vec<Upstream>,
-    /// Nodes whose trigger decision is queued in `scratch` but not yet
-    /// applied: another upstream's cascade must not queue a second one.
+    /// Nodes whose trigger decision is taken (queued in `scratch`, or the
+    /// node is in `fresh`) but not yet journaled: another upstream's
+    /// cascade must not take a second one.
     decided: Vec<bool>,
     ready: BinaryHeap<ReadyNode>,
+    /// Nodes made ready this iteration, queued in `ready` but not yet
+    /// journaled as such (see [`ActiveJob::announce_ready`]).
+    fresh: Vec<u32>,
+    /// Set while `fresh` nodes are journaled as ready: they are queued
+    /// already.
+    announcing: bool,
     pools: Vec<Pool>,
     /// Per node, what dispatching it needs of its spec (see [`HotNode`]).
     hot: Vec<HotNode>,
@@ -222,6 +229,8 @@ struct ActiveJob {
     durable: u64,
     /// The fencing token of this executor's lease on the job.
     fence: u64,
+    /// Its lease's expiry, kept current by the lease table.
+    lease: super::keeper::LeaseGauge,
     stalled: bool,
     store_failures: u32,
     /// When the journal last took a record of the job (or the job became
@@ -304,13 +313,23 @@ impl HotNode {
 /// A node type of a job, and its runner once found in the registry.
 type NodeType = (Box<str>, Option<Arc<dyn Runner>>);
 
-/// The [`HotNode`]s of `spec`, and its node types for
-/// [`ActiveJob::runners`] (with runners unresolved).
-fn hot_nodes(
-    spec: &crate::JobSpec,
-    dag: &Dag,
-    pools: &HashMap<&str, u32>,
-) -> (Vec<HotNode>, Vec<NodeType>) {
+/// What activating a job reads of each node's spec, in one pass (a
+/// `NodeSpec` is hundreds of bytes: on a large job every pass over them is
+/// a pass over memory no cache holds).
+struct NodeScan {
+    /// Per node, its [`HotNode`].
+    hot: Vec<HotNode>,
+    /// The job's node types, for [`ActiveJob::runners`] (unresolved).
+    runners: Vec<NodeType>,
+    /// The nodes with a retry policy, stored policy, classification rules
+    /// or compensation of their own: the only ones the per-node policy and
+    /// rule tables need to look at.
+    special: Vec<u32>,
+}
+
+/// Scans `spec`'s nodes once (see [`NodeScan`]).
+fn scan_nodes(spec: &crate::JobSpec, dag: &Dag, pools: &HashMap<&str, u32>) -> NodeScan {
+    let mut special = Vec::new();
     let mut kinds: Vec<NodeType> = Vec::new();
     let mut kind_index: HashMap<&str, u32> = HashMap::new();
     let mut last: Option<(&str, u32)> = None;
@@ -332,6 +351,13 @@ fn hot_nodes(
                     index
                 }
             };
+            if n.retry.is_some()
+                || n.policy.is_some()
+                || n.classify.is_some()
+                || n.compensate.is_some()
+            {
+                special.push(i as u32);
+            }
             HotNode {
                 priority: n.priority,
                 critical: dag.critical_path_len(i as u32),
@@ -346,7 +372,11 @@ fn hot_nodes(
             }
         })
         .collect();
-    (hot, kinds)
+    NodeScan {
+        hot,
+        runners: kinds,
+        special,
+    }
 }
 
 /// No breaker gates the node.
@@ -447,6 +477,7 @@ impl ActiveJob {
     fn react(&mut self, effect: Effect) {
         match effect {
             Effect::None | Effect::Job(JobEffect::None) | Effect::Node(_, NodeEffect::None) => {}
+            Effect::Node(_, NodeEffect::Enqueue) if self.announcing => {}
             Effect::Node(node, NodeEffect::Enqueue) => {
                 let r = self.ready_node(node);
                 self.ready.push(r);
@@ -572,12 +603,47 @@ impl ActiveJob {
         let rule = self.hot[node as usize].trigger;
         let event = match rule.decide(self.upstream[node as usize]) {
             TriggerDecision::Wait => return,
-            TriggerDecision::Run => Event::NodeReady { node },
+            TriggerDecision::Run => {
+                // Queued now, journaled at the end of the iteration only if
+                // it did not start in it (`announce_ready`).
+                self.decided[node as usize] = true;
+                let r = self.ready_node(node);
+                self.ready.push(r);
+                self.fresh.push(node);
+                return;
+            }
             TriggerDecision::Skip => Event::NodeSkipped { node },
             TriggerDecision::UpstreamFailed => Event::NodeUpstreamFailed { node },
         };
         self.decided[node as usize] = true;
         self.scratch.push(event);
+    }
+
+    /// Journals `node.ready` for the nodes made ready this iteration that
+    /// did not start in it: they wait (for a slot, a pool or a breaker), and
+    /// the journal says so. A node that did start is journaled as started
+    /// only, its readiness implied: one record fewer per node on the hot
+    /// path, and recovery loses nothing, since it re-derives readiness from
+    /// the upstream nodes' states. Runs after dispatch and before anything
+    /// that expects a queued node to be `ready` (breaker unparking, flush).
+    fn announce_ready(&mut self, now: Timestamp) {
+        if self.fresh.is_empty() {
+            return;
+        }
+        let mut fresh = std::mem::take(&mut self.fresh);
+        self.announcing = true;
+        for &node in &fresh {
+            // Started, or cancelled with the job, meanwhile: nothing to say.
+            if self.view.nodes[node as usize].state() == NodeState::Pending {
+                self.emit(now, Event::NodeReady { node });
+            }
+        }
+        self.announcing = false;
+        fresh.clear();
+        // Keep the buffer: steady-state dispatch allocates nothing.
+        if self.fresh.is_empty() {
+            self.fresh = fresh;
+        }
     }
 
     /// Decides every pending node that can be decided (at start: roots and
@@ -1075,33 +1141,38 @@ impl Scheduler {
             None => Arc::clone(&self.default_policy),
             Some(r) => compile(Some(r)),
         };
-        let node_policies = spec
-            .nodes()
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.retry.is_some() || n.policy.is_some())
-            .map(|(i, _)| {
-                let (retry, _) = crate::policy::effective(&spec, i, &policies);
-                (i as u32, compile(retry))
-            })
-            .collect();
-        let (job_rules, node_rules) = compile_rules(&spec, &policies, view.id());
-        let comp_policies = spec
-            .nodes()
-            .iter()
-            .enumerate()
-            .filter_map(|(i, n)| {
-                let retry = n.compensate.as_ref()?.retry.as_ref()?;
-                Some((i as u32, compile(Some(retry))))
-            })
-            .collect();
         let pool_names: HashMap<&str, u32> = spec
             .pools
             .keys()
             .enumerate()
             .map(|(i, k)| (k.as_str(), i as u32))
             .collect();
-        let (hot, runners) = hot_nodes(&spec, &dag, &pool_names);
+        let NodeScan {
+            hot,
+            runners,
+            special,
+        } = scan_nodes(&spec, &dag, &pool_names);
+        let node_policies = special
+            .iter()
+            .map(|&i| (i, &spec.nodes()[i as usize]))
+            .filter(|(_, n)| n.retry.is_some() || n.policy.is_some())
+            .map(|(i, _)| {
+                let (retry, _) = crate::policy::effective(&spec, i as usize, &policies);
+                (i, compile(retry))
+            })
+            .collect();
+        let (job_rules, node_rules) = compile_rules(&spec, &special, &policies, view.id());
+        let comp_policies = special
+            .iter()
+            .filter_map(|&i| {
+                let retry = spec.nodes()[i as usize]
+                    .compensate
+                    .as_ref()?
+                    .retry
+                    .as_ref()?;
+                Some((i, compile(Some(retry))))
+            })
+            .collect();
         let pools = spec
             .pools
             .values()
@@ -1121,14 +1192,14 @@ impl Scheduler {
             })
             .collect();
         // (Nodes may be finished in a job never run here before: carried
-        // over from an earlier run, or finished before a restart.)
-        for i in 0..n as u32 {
-            let node = &view.nodes[i as usize];
-            if node.state().is_finished() {
-                let state = node.downstream_state();
-                for &s in dag.successors(i) {
-                    upstream[s as usize].record(state);
-                }
+        // over from an earlier run, or finished before a restart. The view's
+        // counts say how many, so the scan stops at the last one, and a job
+        // that finished none is not scanned at all.)
+        let finished = (0..n as u32).filter(|&i| view.nodes[i as usize].state().is_finished());
+        for i in finished.take(view.finished_nodes() as usize) {
+            let state = view.nodes[i as usize].downstream_state();
+            for &s in dag.successors(i) {
+                upstream[s as usize].record(state);
             }
         }
 
@@ -1155,6 +1226,8 @@ impl Scheduler {
             upstream,
             decided: vec![false; n],
             ready: BinaryHeap::new(),
+            fresh: Vec::new(),
+            announcing: false,
             pools,
             hot,
             running: 0,
@@ -1166,6 +1239,7 @@ impl Scheduler {
             failed: None,
             durable,
             fence,
+            lease: super::keeper::LeaseGauge::default(),
             stalled: false,
             store_failures: 0,
             durable_at: self.now,
@@ -1193,6 +1267,7 @@ impl Scheduler {
         self.attach_breakers(&mut job, slot, gen);
         let now = self.now;
         let mut timeout_in = Some(job_timeout);
+        let never_ran = matches!(job.view.state, JobState::Pending | JobState::Queued);
         match job.view.state {
             JobState::Pending => {
                 job.emit(now, Event::Queued);
@@ -1238,15 +1313,16 @@ impl Scheduler {
             }
             _ => return,
         }
-        // Entries a crash left unwritten (the writes are idempotent).
-        if job.view.nodes.iter().any(|n| n.dead_letters > 0) {
+        // Entries a crash left unwritten (the writes are idempotent). A job
+        // that never ran has none (and a large one is not scanned for them).
+        if !never_ran && job.view.nodes.iter().any(|n| n.dead_letters > 0) {
             job.dead_lettered();
         }
         job.check_done(now);
         let id = job.id().clone();
         // A wedged scheduler's jobs are handed off by the keeper, which
         // then stops their attempts with this token.
-        self.shared.leases.attach(&id, Arc::clone(&job.token));
+        job.lease = self.shared.leases.attach(&id, Arc::clone(&job.token));
         if let Some(t) = timeout_in {
             job.timeout_at = Some(now.saturating_add(t));
             self.timers.insert(Timer::JobTimeout { slot, gen }, t);
@@ -1558,6 +1634,12 @@ impl Scheduler {
             self.dirty.push(entry.slot);
             self.requeue(entry.slot);
         }
+        // Every job whose nodes became ready this iteration is dirty.
+        for i in 0..self.dirty.len() {
+            if let Some(job) = self.jobs[self.dirty[i]].as_mut() {
+                job.announce_ready(now);
+            }
+        }
     }
 
     async fn flush(&mut self) {
@@ -1743,7 +1825,7 @@ impl Scheduler {
             .count();
         // The clock is read afresh: `self.now` dates from before the append
         // this follows, and a pause may have fallen in between.
-        if unspawned > 0 && !self.shared.leases.live(job.id(), self.shared.clock.now()) {
+        if unspawned > 0 && !job.lease.live(self.shared.clock.now()) {
             tracing::warn!(job = %job.id(), "lease lapsed or handed off before attempts could start; dropping the job here");
             self.running -= unspawned;
             self.release(slot);
@@ -2170,11 +2252,9 @@ impl Scheduler {
         };
         // Attempts with their own limits get a child token so a timeout can
         // stop just this attempt; others share the job's token.
-        let token = if limits.deadline.is_some() || limits.heartbeat_timeout.is_some() {
-            Arc::new(job.token.child_token())
-        } else {
-            Arc::clone(&job.token)
-        };
+        let own_token = (limits.deadline.is_some() || limits.heartbeat_timeout.is_some())
+            .then(|| Arc::new(job.token.child_token()));
+        let token = own_token.clone().unwrap_or_else(|| Arc::clone(&job.token));
         let heartbeat = if limits.heartbeat_timeout.is_some() {
             Heartbeat::live()
         } else {
@@ -2202,7 +2282,7 @@ impl Scheduler {
         let done = self.done_tx.clone();
         let handle = tokio::spawn(async move {
             let result = match (runner, missing) {
-                (Some(runner), _) => run_attempt(runner, ctx, limits, job_token).await,
+                (Some(runner), _) => run_attempt(runner, ctx, limits, job_token, own_token).await,
                 (None, message) => Err(Failure::permanent(message.unwrap_or_default())),
             };
             let finished = Finished {
@@ -2239,6 +2319,7 @@ impl Drop for Scheduler {
 /// submission; a list that no longer compiles is dropped with a warning.
 fn compile_rules(
     spec: &crate::JobSpec,
+    special: &[u32],
     policies: &crate::PolicyRegistry,
     id: &JobId,
 ) -> (Option<Arc<CompiledRules>>, HashMap<u32, Arc<CompiledRules>>) {
@@ -2258,11 +2339,12 @@ fn compile_rules(
     // Nodes naming the same policy share one compiled copy.
     let mut by_policy: HashMap<String, Option<Arc<CompiledRules>>> = HashMap::new();
     let mut node_rules = HashMap::new();
-    for (i, node) in spec.nodes().iter().enumerate() {
+    for &i in special {
+        let node = &spec.nodes()[i as usize];
         if node.classify.is_none() && node.policy.is_none() {
             continue;
         }
-        let (_, rules) = crate::policy::effective(spec, i, policies);
+        let (_, rules) = crate::policy::effective(spec, i as usize, policies);
         let compiled = match rules {
             None => None,
             Some((rules, source)) if source == "node" => compile(rules, "node"),
@@ -2272,7 +2354,7 @@ fn compile_rules(
                 .clone(),
         };
         if let Some(c) = compiled {
-            node_rules.insert(i as u32, c);
+            node_rules.insert(i, c);
         }
     }
     (job_rules, node_rules)
