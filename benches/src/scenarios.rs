@@ -97,10 +97,12 @@ pub async fn run_ours(spec: JobSpec, concurrency: usize) -> Timing {
     let start = Instant::now();
     let id = executor.submit(spec, "bench").await.expect("valid spec");
     let submitted = Instant::now();
-    let status = executor.wait(&id).await.expect("job finishes");
+    // The summary, not `wait`'s per-node report: building a status of
+    // every node is reporting, not dispatch (see the README).
+    let summary = executor.wait_summary(&id).await.expect("job finishes");
     let done = Instant::now();
     assert_eq!(
-        status.state,
+        summary.progress.state,
         JobState::Succeeded,
         "benchmark job must succeed"
     );
@@ -121,7 +123,12 @@ pub async fn run_jobs(specs: Vec<JobSpec>, concurrency: usize) -> Duration {
         let executor = executor.clone();
         jobs.spawn(async move {
             let id = executor.submit(spec, "bench").await.expect("valid spec");
-            executor.wait(&id).await.expect("job finishes").state
+            executor
+                .wait_summary(&id)
+                .await
+                .expect("job finishes")
+                .progress
+                .state
         });
     }
     while let Some(state) = jobs.join_next().await {
@@ -167,13 +174,18 @@ pub fn dispatch_shape(size: Size, name: &str) -> Vec<Line> {
     let rt = runtime();
     reset_peak();
     let profile = profile_ours();
-    let base = median(if profile { 0 } else { size.runs }, || {
-        let start = Instant::now();
-        rt.block_on(baseline::run(Arc::clone(&shape), 64));
-        start.elapsed()
-    });
-    let (mut build, mut submit, mut run) = (Vec::new(), Vec::new(), Vec::new());
+    // Runs alternate (baseline, ours, baseline, ...) so that both sides
+    // see the same machine: on a shared machine the load changes within a
+    // few seconds, and five runs of one side then five of the other would
+    // measure the load as much as the engines.
+    let (mut base, mut build, mut submit, mut run) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..size.runs {
+        if !profile {
+            let start = Instant::now();
+            rt.block_on(baseline::run(Arc::clone(&shape), 64));
+            base.push(start.elapsed());
+        }
         let start = Instant::now();
         let spec = shape.spec();
         let spec_built = start.elapsed();
@@ -182,6 +194,7 @@ pub fn dispatch_shape(size: Size, name: &str) -> Vec<Line> {
         submit.push(t.submit);
         run.push(t.run);
     }
+    let base = median_of(base);
     let (build, submit, ours) = (median_of(build), median_of(submit), median_of(run));
     let mut lines = vec![Line {
         scenario: format!("dispatch/{name}"),
@@ -417,10 +430,10 @@ pub async fn run_durable(shape: &Shape, concurrency: usize) -> DurableRun {
         .submit(shape.spec(), "bench")
         .await
         .expect("valid spec");
-    let status = executor.wait(&id).await.expect("job finishes");
+    let summary = executor.wait_summary(&id).await.expect("job finishes");
     let elapsed = start.elapsed();
     assert_eq!(
-        status.state,
+        summary.progress.state,
         JobState::Succeeded,
         "benchmark job must succeed"
     );
