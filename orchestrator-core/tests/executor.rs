@@ -517,6 +517,50 @@ async fn subscribers_see_every_event_in_order() {
     assert_eq!(last_seq, ex.status(&id).await.unwrap().version);
 }
 
+/// A node that starts as soon as it is ready is journaled as started only;
+/// one that waits for a slot is journaled ready first, then started.
+#[tokio::test(start_paused = true)]
+async fn only_nodes_that_wait_are_journaled_ready() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let probe = Probe::default();
+    let ex = executor_with(store.clone(), &probe, ExecutorConfig::default()).await;
+    // One slot: of the two roots, one starts at once and one waits for it;
+    // `c` starts as soon as both are done.
+    let spec = JobSpec::builder("slots")
+        .max_concurrency(1)
+        .node(node("a"))
+        .node(node("b"))
+        .node(node("c").depends_on(["a", "b"]))
+        .build();
+    let id = ex.submit(spec, "o").await.unwrap();
+    let summary = ex.wait_summary(&id).await.unwrap();
+    assert_eq!(summary.progress.state, JobState::Succeeded);
+    assert_eq!(summary.progress.nodes_finished, 3);
+    let records = store.read_all(&id, 0).await.unwrap();
+    let of = |node: u32| -> Vec<&str> {
+        records
+            .iter()
+            .filter(|r| r.event.node() == Some(node))
+            .map(|r| r.event.name())
+            .collect()
+    };
+    let (first, second) = if of(0)[0] == "node.started" {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    assert_eq!(of(first), ["node.started", "node.succeeded"]);
+    assert_eq!(of(second), ["node.ready", "node.started", "node.succeeded"]);
+    assert_eq!(of(2), ["node.started", "node.succeeded"]);
+    // The journal folds to the same states either way.
+    let view = JobView::replay(&records).unwrap();
+    assert_eq!(view.count(NodeState::Succeeded), 3);
+    // And the full status agrees with the summary.
+    let status = ex.wait(&id).await.unwrap();
+    assert_eq!(status.state, summary.progress.state);
+    assert_eq!(status.version, summary.progress.version);
+}
+
 #[tokio::test(start_paused = true)]
 async fn recovery_never_reruns_succeeded_nodes() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
