@@ -43,17 +43,17 @@ enum Stop {
 /// so that a timeout stops just this attempt), else `job_token`, which is
 /// cancelled when the whole job is.
 pub(crate) async fn run_attempt(
-    runner: Arc<dyn Runner>,
+    runner: &dyn Runner,
     ctx: RunContext,
     limits: AttemptLimits,
-    job_token: Arc<CancellationToken>,
+    job_token: &Arc<CancellationToken>,
     own_token: Option<Arc<CancellationToken>>,
 ) -> Result<Value, Failure> {
     let heartbeat = ctx.heartbeat().clone();
     // Called on the trait object itself: through `Arc<dyn Runner>`'s own
     // `Runner` impl, every attempt would box a second future around the
     // runner's.
-    let mut fut: Attempt<'_> = AssertUnwindSafe(runner.as_ref().run(ctx)).catch_unwind();
+    let mut fut: Attempt<'_> = AssertUnwindSafe(runner.run(ctx)).catch_unwind();
 
     // Fast path: a runner that finishes on its first poll (noop, cached
     // results) never registers a timer or a cancellation waiter. The slow
@@ -62,7 +62,7 @@ pub(crate) async fn run_attempt(
     if let Some(result) = (&mut fut).now_or_never() {
         return finish(result);
     }
-    let own_token = own_token.unwrap_or_else(|| Arc::clone(&job_token));
+    let own_token = own_token.unwrap_or_else(|| Arc::clone(job_token));
     Box::pin(supervise(fut, own_token, heartbeat, limits, job_token)).await
 }
 
@@ -73,7 +73,7 @@ async fn supervise(
     own_token: Arc<CancellationToken>,
     heartbeat: Heartbeat,
     limits: AttemptLimits,
-    job_token: Arc<CancellationToken>,
+    job_token: &CancellationToken,
 ) -> Result<Value, Failure> {
     let watchdog = async {
         match limits.heartbeat_timeout {

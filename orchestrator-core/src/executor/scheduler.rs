@@ -21,7 +21,7 @@ use std::collections::BinaryHeap;
 
 use foldhash::{HashMap, HashMapExt};
 use std::future::poll_fn;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -40,7 +40,7 @@ use crate::failure::{Failure, FailureClass};
 use crate::flaky::{AttemptBudget, RunOutcome, TestOutcome};
 use crate::journal::{Effect, Event, JobView, NodeView, Progress, Record};
 use crate::retry::{seed_for, RetryContext, RetryPolicy, RetrySpec};
-use crate::runner::{Heartbeat, RunContext, Runner};
+use crate::runner::{Heartbeat, JobContext, RunContext, Runner};
 use crate::state::{JobEffect, JobState, NodeEffect, NodeState, TriggerDecision, Upstream};
 use crate::store::dead_letter::DeadLetterReason;
 use crate::time::{JobId, Timestamp};
@@ -275,11 +275,14 @@ struct ActiveJob {
     /// finish before they are, so a crash leaves it unfinished and
     /// recovery writes them again.
     dlq_unwritten: u32,
-    /// The job's node types ([`HotNode::runner`] indexes them) and their
-    /// runners, looked up in the registry once per type rather than under
-    /// its lock on every attempt. `None` until found (a type may be
-    /// registered late, e.g. after a restart with a smaller registry).
-    runners: Vec<NodeType>,
+    /// The job's node types ([`HotNode::runner`] indexes them). Their
+    /// runners are looked up in the registry once per type rather than
+    /// under its lock on every attempt, and kept in `attempts.runners`
+    /// once found (a type may be registered late, e.g. after a restart
+    /// with a smaller registry).
+    kinds: Vec<Box<str>>,
+    /// What every attempt of the job shares (id, spec, token, runners).
+    attempts: Arc<JobContext>,
 }
 
 /// What the hot path needs of one node's spec, packed. A `NodeSpec` is
@@ -292,7 +295,7 @@ struct HotNode {
     critical: u32,
     /// Index in [`ActiveJob::pools`], or [`NO_POOL`].
     pool: u32,
-    /// Index in [`ActiveJob::runners`] of the node's type.
+    /// Index in [`ActiveJob::kinds`] of the node's type.
     runner: u32,
     trigger: crate::spec::TriggerRule,
     /// Whether the node has a timeout or a heartbeat timeout (its attempts
@@ -310,17 +313,14 @@ impl HotNode {
     }
 }
 
-/// A node type of a job, and its runner once found in the registry.
-type NodeType = (Box<str>, Option<Arc<dyn Runner>>);
-
 /// What activating a job reads of each node's spec, in one pass (a
 /// `NodeSpec` is hundreds of bytes: on a large job every pass over them is
 /// a pass over memory no cache holds).
 struct NodeScan {
     /// Per node, its [`HotNode`].
     hot: Vec<HotNode>,
-    /// The job's node types, for [`ActiveJob::runners`] (unresolved).
-    runners: Vec<NodeType>,
+    /// The job's node types, for [`ActiveJob::kinds`].
+    kinds: Vec<Box<str>>,
     /// The nodes with a retry policy, stored policy, classification rules
     /// or compensation of their own: the only ones the per-node policy and
     /// rule tables need to look at.
@@ -330,7 +330,7 @@ struct NodeScan {
 /// Scans `spec`'s nodes once (see [`NodeScan`]).
 fn scan_nodes(spec: &crate::JobSpec, dag: &Dag, pools: &HashMap<&str, u32>) -> NodeScan {
     let mut special = Vec::new();
-    let mut kinds: Vec<NodeType> = Vec::new();
+    let mut kinds: Vec<Box<str>> = Vec::new();
     let mut kind_index: HashMap<&str, u32> = HashMap::new();
     let mut last: Option<(&str, u32)> = None;
     let hot = spec
@@ -344,7 +344,7 @@ fn scan_nodes(spec: &crate::JobSpec, dag: &Dag, pools: &HashMap<&str, u32>) -> N
                 _ => {
                     let next = kinds.len() as u32;
                     let index = *kind_index.entry(n.kind.as_str()).or_insert_with(|| {
-                        kinds.push((n.kind.as_str().into(), None));
+                        kinds.push(n.kind.as_str().into());
                         next
                     });
                     last = Some((n.kind.as_str(), index));
@@ -374,7 +374,7 @@ fn scan_nodes(spec: &crate::JobSpec, dag: &Dag, pools: &HashMap<&str, u32>) -> N
         .collect();
     NodeScan {
         hot,
-        runners: kinds,
+        kinds,
         special,
     }
 }
@@ -1149,7 +1149,7 @@ impl Scheduler {
             .collect();
         let NodeScan {
             hot,
-            runners,
+            kinds,
             special,
         } = scan_nodes(&spec, &dag, &pool_names);
         let node_policies = special
@@ -1213,6 +1213,7 @@ impl Scheduler {
             .timeout
             .map_or(self.shared.config.job_timeout, HumanDuration::get);
         let durable = view.version;
+        let token = Arc::new(CancellationToken::new());
         let mut job = ActiveJob {
             gen,
             resume_kind: if self.shared.store.exclusive() {
@@ -1233,7 +1234,7 @@ impl Scheduler {
             running: 0,
             max_concurrency: spec.max_concurrency.unwrap_or(u32::MAX),
             in_heap: false,
-            token: Arc::new(CancellationToken::new()),
+            token: Arc::clone(&token),
             pending: Vec::new(),
             post: Vec::new(),
             failed: None,
@@ -1261,7 +1262,13 @@ impl Scheduler {
             node_breaker: Vec::new(),
             admitted: HashMap::new(),
             dlq_unwritten: 0,
-            runners,
+            attempts: Arc::new(JobContext {
+                job_id: view.id().clone(),
+                spec: Arc::clone(&spec),
+                cancel: Arc::clone(&token),
+                runners: kinds.iter().map(|_| OnceLock::new()).collect(),
+            }),
+            kinds,
             view,
         };
         self.attach_breakers(&mut job, slot, gen);
@@ -2208,29 +2215,32 @@ impl Scheduler {
         let Some(job) = self.jobs[slot].as_mut() else {
             return;
         };
-        let spec = Arc::clone(job.view.spec());
+        let spec = job.view.spec();
         let hot = job.hot[node as usize];
         // Only a missing runner (possible after a restart with a smaller
         // registry) needs the type's name; don't copy it otherwise.
         let missing = |kind: &str| format!("no runner is registered for type {kind:?}");
-        let (runner, missing) = if compensation {
+        let runner = if compensation {
             let node_spec = &spec.nodes()[node as usize];
             let kind = node_spec
                 .compensate
                 .as_ref()
                 .map_or(&node_spec.kind, |c| &c.kind);
             match self.shared.registry().get(kind) {
-                Some(r) => (Some(Arc::clone(r)), None),
-                None => (None, Some(missing(kind))),
+                Some(r) => AttemptRunner::Own(Arc::clone(r)),
+                None => AttemptRunner::Missing(missing(kind)),
             }
         } else {
-            let (kind, runner) = &mut job.runners[hot.runner as usize];
-            if runner.is_none() {
-                *runner = self.shared.registry().get(kind).cloned();
+            let index = hot.runner as usize;
+            let found = &job.attempts.runners[index];
+            if found.get().is_none() {
+                if let Some(r) = self.shared.registry().get(&job.kinds[index]) {
+                    let _ = found.set(Arc::clone(r));
+                }
             }
-            match runner {
-                Some(r) => (Some(Arc::clone(r)), None),
-                None => (None, Some(missing(kind))),
+            match found.get() {
+                Some(_) => AttemptRunner::Job(index),
+                None => AttemptRunner::Missing(missing(&job.kinds[index])),
             }
         };
         // The spec's limits are read only for nodes that have some.
@@ -2254,16 +2264,16 @@ impl Scheduler {
         // stop just this attempt; others share the job's token.
         let own_token = (limits.deadline.is_some() || limits.heartbeat_timeout.is_some())
             .then(|| Arc::new(job.token.child_token()));
-        let token = own_token.clone().unwrap_or_else(|| Arc::clone(&job.token));
         let heartbeat = if limits.heartbeat_timeout.is_some() {
             Heartbeat::live()
         } else {
             Heartbeat::disabled()
         };
-        let job_token = Arc::clone(&job.token);
-        let mut ctx = RunContext::for_attempt(job.id().clone(), spec, node, attempt, token)
-            .with_deadline(limits.deadline)
-            .with_heartbeat(heartbeat);
+        let shared = Arc::clone(&job.attempts);
+        let mut ctx =
+            RunContext::for_attempt(Arc::clone(&shared), node, attempt, own_token.clone())
+                .with_deadline(limits.deadline)
+                .with_heartbeat(heartbeat);
         if compensation {
             ctx = ctx.for_compensation();
         }
@@ -2271,9 +2281,7 @@ impl Scheduler {
         let breaker = if compensation {
             None
         } else {
-            self.jobs[slot]
-                .as_mut()
-                .and_then(|j| j.admitted.remove(&node))
+            job.admitted.remove(&node)
         };
         let task = self.free_tasks.pop().unwrap_or_else(|| {
             self.tasks.push(None);
@@ -2281,9 +2289,18 @@ impl Scheduler {
         });
         let done = self.done_tx.clone();
         let handle = tokio::spawn(async move {
-            let result = match (runner, missing) {
-                (Some(runner), _) => run_attempt(runner, ctx, limits, job_token, own_token).await,
-                (None, message) => Err(Failure::permanent(message.unwrap_or_default())),
+            let runner: Result<&dyn Runner, String> = match &runner {
+                // Set before the spawn, and never unset.
+                AttemptRunner::Job(index) => shared.runners[*index]
+                    .get()
+                    .map(|r| r.as_ref())
+                    .ok_or_else(|| "the node type's runner is gone".into()),
+                AttemptRunner::Own(r) => Ok(r.as_ref()),
+                AttemptRunner::Missing(message) => Err(message.clone()),
+            };
+            let result = match runner {
+                Ok(runner) => run_attempt(runner, ctx, limits, &shared.cancel, own_token).await,
+                Err(message) => Err(Failure::permanent(message)),
             };
             let finished = Finished {
                 task,
@@ -2303,6 +2320,16 @@ impl Scheduler {
         });
         self.tasks[task] = Some(handle.abort_handle());
     }
+}
+
+/// Where an attempt finds its runner.
+enum AttemptRunner {
+    /// In the job's shared context, at this index (found there at spawn).
+    Job(usize),
+    /// Its own (a compensation's, looked up by type name).
+    Own(Arc<dyn Runner>),
+    /// None is registered for the type: the attempt fails permanently.
+    Missing(String),
 }
 
 impl Drop for Scheduler {

@@ -80,22 +80,39 @@ impl<R: Runner + ?Sized> Runner for Arc<R> {
 /// Everything a runner knows about the attempt it runs.
 #[derive(Clone)]
 pub struct RunContext {
-    job_id: JobId,
-    spec: Arc<JobSpec>,
+    job: Arc<JobContext>,
     node: u32,
     attempt: u32,
     deadline: Option<Instant>,
-    // Shared behind an Arc: cloning a `CancellationToken` takes a lock in its
-    // tree, and a context is built for every attempt.
-    cancel: Arc<CancellationToken>,
+    /// The attempt's own token (a child of the job's, so that a timeout
+    /// stops just this attempt), if it has one; else the job's token is
+    /// the attempt's.
+    cancel: Option<Arc<CancellationToken>>,
     heartbeat: Heartbeat,
     compensation: bool,
+}
+
+/// What every attempt of a job shares: one reference count per attempt
+/// instead of one each for the id, the spec and the token. An attempt
+/// usually ends on another worker thread than the scheduler that started
+/// it, and each shared count it touches is a cache line bounced between
+/// the two.
+pub(crate) struct JobContext {
+    pub(crate) job_id: JobId,
+    pub(crate) spec: Arc<JobSpec>,
+    // Shared behind an Arc: cloning a `CancellationToken` takes a lock in its
+    // tree.
+    pub(crate) cancel: Arc<CancellationToken>,
+    /// The runners of the job's node types (the executor indexes them),
+    /// each set once found in the registry: an attempt borrows its runner
+    /// from here rather than holding a count of its own on it.
+    pub(crate) runners: Box<[std::sync::OnceLock<Arc<dyn Runner>>]>,
 }
 
 impl fmt::Debug for RunContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RunContext")
-            .field("job_id", &self.job_id)
+            .field("job_id", &self.job.job_id)
             .field("node", &self.node_spec().id)
             .field("attempt", &self.attempt)
             .field("deadline", &self.deadline)
@@ -116,32 +133,26 @@ impl RunContext {
             (node as usize) < spec.nodes().len(),
             "node index out of range"
         );
-        Self {
+        let job = JobContext {
             job_id,
             spec,
-            node,
-            attempt,
-            deadline: None,
             cancel: Arc::new(CancellationToken::new()),
-            heartbeat: Heartbeat::disabled(),
-            compensation: false,
-        }
+            runners: Box::default(),
+        };
+        Self::for_attempt(Arc::new(job), node, attempt, None)
     }
 
-    /// The executor's constructor: [`RunContext::new`] would make a
-    /// cancellation token (two allocations and a lock on drop) only for the
-    /// executor to replace it, on every attempt.
+    /// The executor's constructor: the job's shared part, and the
+    /// attempt's own token if it has one.
     pub(crate) fn for_attempt(
-        job_id: JobId,
-        spec: Arc<JobSpec>,
+        job: Arc<JobContext>,
         node: u32,
         attempt: u32,
-        cancel: Arc<CancellationToken>,
+        cancel: Option<Arc<CancellationToken>>,
     ) -> Self {
-        debug_assert!((node as usize) < spec.nodes().len());
+        debug_assert!((node as usize) < job.spec.nodes().len());
         Self {
-            job_id,
-            spec,
+            job,
             node,
             attempt,
             deadline: None,
@@ -161,14 +172,14 @@ impl RunContext {
     /// Sets the cancellation token.
     #[must_use]
     pub fn with_cancel(mut self, token: CancellationToken) -> Self {
-        self.cancel = Arc::new(token);
+        self.cancel = Some(Arc::new(token));
         self
     }
 
     /// Sets a shared cancellation token (no clone of the token itself).
     #[must_use]
     pub fn with_shared_cancel(mut self, token: Arc<CancellationToken>) -> Self {
-        self.cancel = token;
+        self.cancel = Some(token);
         self
     }
 
@@ -189,12 +200,12 @@ impl RunContext {
 
     /// The job's id.
     pub fn job_id(&self) -> &JobId {
-        &self.job_id
+        &self.job.job_id
     }
 
     /// The whole job spec.
     pub fn job(&self) -> &JobSpec {
-        &self.spec
+        &self.job.spec
     }
 
     /// The node's index in the spec.
@@ -204,7 +215,7 @@ impl RunContext {
 
     /// The node's spec.
     pub fn node_spec(&self) -> &NodeSpec {
-        &self.spec.nodes()[self.node as usize]
+        &self.job.spec.nodes()[self.node as usize]
     }
 
     /// The node id.
@@ -240,18 +251,18 @@ impl RunContext {
     /// The cancellation token: cancelled when the job is cancelled or the
     /// attempt times out.
     pub fn cancel_token(&self) -> &CancellationToken {
-        &self.cancel
+        self.cancel.as_deref().unwrap_or(&self.job.cancel)
     }
 
     /// The shared handle of the cancellation token (the executor keeps one to
     /// cancel the attempt).
     pub fn shared_cancel_token(&self) -> Arc<CancellationToken> {
-        Arc::clone(&self.cancel)
+        Arc::clone(self.cancel.as_ref().unwrap_or(&self.job.cancel))
     }
 
     /// Completes when the attempt should stop.
     pub async fn cancelled(&self) {
-        self.cancel.cancelled().await;
+        self.cancel_token().cancelled().await;
     }
 
     /// The heartbeat handle.
