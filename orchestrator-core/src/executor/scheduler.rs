@@ -2293,7 +2293,7 @@ impl Scheduler {
                 // Set before the spawn, and never unset.
                 AttemptRunner::Job(index) => shared.runners[*index]
                     .get()
-                    .map(|r| r.as_ref())
+                    .map(AsRef::as_ref)
                     .ok_or_else(|| "the node type's runner is gone".into()),
                 AttemptRunner::Own(r) => Ok(r.as_ref()),
                 AttemptRunner::Missing(message) => Err(message.clone()),
