@@ -45,6 +45,8 @@ mod scheduler;
 mod status;
 mod timers;
 
+pub(crate) use scheduler::Completions;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -519,7 +521,6 @@ pub(crate) struct Activation {
 
 /// Commands to the scheduler.
 pub(crate) enum Command {
-    Finished(scheduler::Finished),
     /// A job's test history is written (see `Post::RecordHistory`).
     HistoryRecorded {
         slot: usize,

@@ -12,8 +12,11 @@
 //!
 //! Hot-path costs per node are O(1) plus O(out-degree) for its successors:
 //! no journal replay, no whole-graph scan, no lock held across an await.
-//! The stuck-job sweep ([`sweep`]) runs once per heartbeat, off that path.
+//! The stuck-job sweep ([`sweep`]) runs once per heartbeat, off that path;
+//! each job's ready nodes wait in a [`ready::ReadyQueue`], O(1) per node
+//! when they become ready in dispatch order.
 
+mod ready;
 mod sweep;
 
 use std::cmp::Reverse;
@@ -26,7 +29,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::attempt::{run_attempt, AttemptLimits};
@@ -45,6 +48,7 @@ use crate::state::{JobEffect, JobState, NodeEffect, NodeState, TriggerDecision, 
 use crate::store::dead_letter::DeadLetterReason;
 use crate::time::{JobId, Timestamp};
 use crate::HumanDuration;
+use ready::ReadyQueue;
 
 /// Most commands or finished attempts folded into one iteration, so a flood
 /// of completions cannot delay journaling (and thus dispatch) indefinitely.
@@ -52,7 +56,7 @@ const MAX_DRAIN: usize = 4096;
 
 /// A finished attempt, as reported by its task.
 pub(crate) struct Finished {
-    /// Index of the task's abort handle in [`Scheduler::tasks`].
+    /// Index of the task's join handle in [`Scheduler::tasks`].
     task: usize,
     slot: usize,
     gen: u64,
@@ -63,6 +67,58 @@ pub(crate) struct Finished {
     /// The breaker that admitted the attempt, and whether as a trial.
     breaker: Option<(u32, bool)>,
     result: Result<Value, Failure>,
+}
+
+/// Finished attempts on their way to the scheduler. A queue of their own
+/// rather than the command channel: a task reaches it through its job's
+/// [`JobContext`], without a count of its own to take, and reporting is a
+/// lock and a wake-up, where a send on the channel upgraded a weak sender,
+/// counted a sender in and out and dropped it (each an atomic on a cache
+/// line every attempt shares). The scheduler takes the whole queue at once.
+#[derive(Default)]
+pub(crate) struct Completions {
+    queue: std::sync::Mutex<Vec<Finished>>,
+    waker: futures::task::AtomicWaker,
+}
+
+impl Completions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Finished>> {
+        // A push cannot panic half-way: the queue is always whole.
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn push(&self, finished: Finished) {
+        self.lock().push(finished);
+        self.waker.wake();
+    }
+
+    /// Moves what is queued to the end of `into`.
+    fn take(&self, into: &mut Vec<Finished>) {
+        let mut queue = self.lock();
+        if into.is_empty() {
+            // Swapped, not copied: both buffers keep their capacity.
+            std::mem::swap(&mut *queue, into);
+        } else {
+            into.append(&mut queue);
+        }
+    }
+
+    /// Ready once something was moved into `into`.
+    fn poll_take(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        into: &mut Vec<Finished>,
+    ) -> std::task::Poll<()> {
+        self.waker.register(cx.waker());
+        self.take(into);
+        if into.is_empty() {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    }
 }
 
 /// Timers the scheduler arms.
@@ -206,7 +262,7 @@ struct ActiveJob {
     /// node is in `fresh`) but not yet journaled: another upstream's
     /// cascade must not take a second one.
     decided: Vec<bool>,
-    ready: BinaryHeap<ReadyNode>,
+    ready: ReadyQueue<ReadyNode>,
     /// Nodes made ready this iteration, queued in `ready` but not yet
     /// journaled as such (see [`ActiveJob::announce_ready`]).
     fresh: Vec<u32>,
@@ -842,13 +898,20 @@ pub(crate) struct Scheduler {
     by_id: HashMap<JobId, usize>,
     next_gen: u64,
     turn: u64,
-    /// Completions come back on the command channel: one queue to wait
-    /// on, and the scheduler holds only a weak sender so the channel still
-    /// closes when the last executor handle is dropped.
+    /// For the scheduler's own background work (history and dead-letter
+    /// writes) to report back on the command channel: a weak sender, so
+    /// the channel still closes when the last executor handle is dropped.
+    /// (Attempts report through [`Completions`].)
     done_tx: mpsc::WeakUnboundedSender<Command>,
-    /// Abort handles of attempts in flight (a slab), so dropping the
-    /// scheduler stops them as a crash would.
-    tasks: Vec<Option<AbortHandle>>,
+    /// Where attempts report, and what was taken from there but not yet
+    /// folded in.
+    completions: Arc<Completions>,
+    finished: Vec<Finished>,
+    /// Join handles of attempts in flight (a slab), so dropping the
+    /// scheduler aborts them as a crash would. (Not abort handles: taking
+    /// one adds a reference to every task, and makes dropping the join
+    /// handle take tokio's slow path.)
+    tasks: Vec<Option<JoinHandle<()>>>,
     free_tasks: Vec<usize>,
     /// Wall-clock time read once per loop iteration: every record of an
     /// iteration carries the same timestamp anyway.
@@ -874,6 +937,8 @@ pub(crate) struct Scheduler {
 
 enum Wake {
     Command(Command),
+    /// Attempts finished (they are in [`Scheduler::finished`]).
+    Finished,
     Closed,
     Timer(Timer),
 }
@@ -896,6 +961,8 @@ impl Scheduler {
             next_gen: 1,
             turn: 0,
             done_tx,
+            completions: Arc::default(),
+            finished: Vec::new(),
             tasks: Vec::new(),
             free_tasks: Vec::new(),
             now: Timestamp::default(),
@@ -919,9 +986,10 @@ impl Scheduler {
             let wake = tokio::select! {
                 biased;
                 cmd = self.rx.recv() => cmd.map_or(Wake::Closed, Wake::Command),
+                () = poll_fn(|cx| self.completions.poll_take(cx, &mut self.finished)) => Wake::Finished,
                 t = poll_fn(|cx| self.timers.poll_due(cx)), if !self.timers.is_empty() => Wake::Timer(t),
             };
-            if matches!(wake, Wake::Command(Command::Finished(_))) && self.running > 1 {
+            if matches!(wake, Wake::Finished) && self.running > 1 {
                 // Other attempts are in flight: let those already runnable
                 // on this thread finish first (a yielded task runs again
                 // only once the thread's queue is empty), so their
@@ -933,6 +1001,7 @@ impl Scheduler {
             match wake {
                 Wake::Closed => return,
                 Wake::Command(c) => self.command(c),
+                Wake::Finished => self.joined_all(),
                 Wake::Timer(t) => self.timer(t),
             }
             for _ in 0..MAX_DRAIN {
@@ -941,6 +1010,8 @@ impl Scheduler {
                     Err(_) => break,
                 }
             }
+            self.completions.take(&mut self.finished);
+            self.joined_all();
             self.dispatch();
             if std::mem::take(&mut self.sweep_due) {
                 self.sweep();
@@ -985,7 +1056,6 @@ impl Scheduler {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Finished(f) => self.joined(f),
             Command::HistoryRecorded { slot, gen } => self.history_recorded(slot, gen),
             Command::Activate(a) => self.activate(*a),
             Command::Cancel { job, reason, reply } => {
@@ -1226,7 +1296,7 @@ impl Scheduler {
             node_policies,
             upstream,
             decided: vec![false; n],
-            ready: BinaryHeap::new(),
+            ready: ReadyQueue::default(),
             fresh: Vec::new(),
             announcing: false,
             pools,
@@ -1267,6 +1337,7 @@ impl Scheduler {
                 spec: Arc::clone(&spec),
                 cancel: Arc::clone(&token),
                 runners: kinds.iter().map(|_| OnceLock::new()).collect(),
+                done: Arc::clone(&self.completions),
             }),
             kinds,
             view,
@@ -1420,6 +1491,16 @@ impl Scheduler {
                 job.emit(now, e);
             }
         }
+    }
+
+    /// Folds in every finished attempt taken from [`Completions`].
+    fn joined_all(&mut self) {
+        let mut finished = std::mem::take(&mut self.finished);
+        for f in finished.drain(..) {
+            self.joined(f);
+        }
+        // Keep the buffer: steady-state dispatch allocates nothing.
+        self.finished = finished;
     }
 
     fn joined(&mut self, f: Finished) {
@@ -2270,13 +2351,6 @@ impl Scheduler {
             Heartbeat::disabled()
         };
         let shared = Arc::clone(&job.attempts);
-        let mut ctx =
-            RunContext::for_attempt(Arc::clone(&shared), node, attempt, own_token.clone())
-                .with_deadline(limits.deadline)
-                .with_heartbeat(heartbeat);
-        if compensation {
-            ctx = ctx.for_compensation();
-        }
         let gen = job.gen;
         let breaker = if compensation {
             None
@@ -2287,8 +2361,16 @@ impl Scheduler {
             self.tasks.push(None);
             self.tasks.len() - 1
         });
-        let done = self.done_tx.clone();
+        // The context is built in the task: the future tokio copies into
+        // it stays smaller.
         let handle = tokio::spawn(async move {
+            let mut ctx =
+                RunContext::for_attempt(Arc::clone(&shared), node, attempt, own_token.clone())
+                    .with_deadline(limits.deadline)
+                    .with_heartbeat(heartbeat);
+            if compensation {
+                ctx = ctx.for_compensation();
+            }
             let runner: Result<&dyn Runner, String> = match &runner {
                 // Set before the spawn, and never unset.
                 AttemptRunner::Job(index) => shared.runners[*index]
@@ -2302,7 +2384,7 @@ impl Scheduler {
                 Ok(runner) => run_attempt(runner, ctx, limits, &shared.cancel, own_token).await,
                 Err(message) => Err(Failure::permanent(message)),
             };
-            let finished = Finished {
+            shared.done.push(Finished {
                 task,
                 slot,
                 gen,
@@ -2311,14 +2393,9 @@ impl Scheduler {
                 compensation,
                 breaker,
                 result,
-            };
-            // No receiver means the executor is gone; the journal keeps what
-            // was durable and the next start recovers the job.
-            if let Some(tx) = done.upgrade() {
-                let _ = tx.send(Command::Finished(finished));
-            }
+            });
         });
-        self.tasks[task] = Some(handle.abort_handle());
+        self.tasks[task] = Some(handle);
     }
 }
 

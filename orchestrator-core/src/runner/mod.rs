@@ -107,6 +107,8 @@ pub(crate) struct JobContext {
     /// each set once found in the registry: an attempt borrows its runner
     /// from here rather than holding a count of its own on it.
     pub(crate) runners: Box<[std::sync::OnceLock<Arc<dyn Runner>>]>,
+    /// Where the executor's attempts report their outcome.
+    pub(crate) done: Arc<crate::executor::Completions>,
 }
 
 impl fmt::Debug for RunContext {
@@ -138,6 +140,7 @@ impl RunContext {
             spec,
             cancel: Arc::new(CancellationToken::new()),
             runners: Box::default(),
+            done: Arc::default(),
         };
         Self::for_attempt(Arc::new(job), node, attempt, None)
     }
