@@ -983,6 +983,16 @@ impl Scheduler {
 
     pub(crate) async fn run(mut self) {
         loop {
+            if self.running > 0 && self.rx.is_empty() {
+                // Attempts are in flight, most likely just spawned on this
+                // worker: let them run before waiting (a yielded task runs
+                // again once the worker's queue is empty), so that their
+                // completions are here when the wait begins instead of
+                // waking this task one by one. Saves a wake-up per node on
+                // a chain, where it would otherwise ping-pong with each
+                // attempt (and every few hops pull in another worker).
+                tokio::task::yield_now().await;
+            }
             let wake = tokio::select! {
                 biased;
                 cmd = self.rx.recv() => cmd.map_or(Wake::Closed, Wake::Command),
