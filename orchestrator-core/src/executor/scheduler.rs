@@ -705,8 +705,14 @@ impl ActiveJob {
     /// Decides every pending node that can be decided (at start: roots and
     /// `always` nodes; after recovery: anything left undecided).
     fn evaluate_pending(&mut self) {
-        for i in 0..self.view.nodes.len() as u32 {
-            if self.view.nodes[i as usize].state() == NodeState::Pending {
+        let n = self.view.nodes.len();
+        // At a job's start every node is pending, and the counts say so:
+        // no need to read every node's view (on a large job, a pass over
+        // memory no cache holds) to find out. Decisions are queued, not
+        // applied, so no state changes during the loop.
+        let all_pending = self.view.count(NodeState::Pending) as usize == n;
+        for i in 0..n as u32 {
+            if all_pending || self.view.nodes[i as usize].state() == NodeState::Pending {
                 self.decide(i);
             }
         }
@@ -1790,13 +1796,18 @@ impl Scheduler {
         if !batches.is_empty() {
             let store = &*self.shared.store;
             let jobs = &self.jobs;
-            let results = if batches.len() == 1 {
-                vec![append(store, jobs, &batches[0]).await]
+            if batches.len() == 1 {
+                // One job (always, on a chain): no vector of results.
+                let result = append(store, jobs, &batches[0]).await;
+                if let Some(batch) = batches.pop() {
+                    self.appended(batch, result);
+                }
             } else {
-                futures::future::join_all(batches.iter().map(|b| append(store, jobs, b))).await
-            };
-            for (batch, result) in batches.drain(..).zip(results) {
-                self.appended(batch, result);
+                let results =
+                    futures::future::join_all(batches.iter().map(|b| append(store, jobs, b))).await;
+                for (batch, result) in batches.drain(..).zip(results) {
+                    self.appended(batch, result);
+                }
             }
         }
         dirty.clear();
