@@ -50,8 +50,9 @@ use crate::time::{JobId, Timestamp};
 use crate::HumanDuration;
 use ready::ReadyQueue;
 
-/// Most commands or finished attempts folded into one iteration, so a flood
-/// of completions cannot delay journaling (and thus dispatch) indefinitely.
+/// Most commands folded into one iteration, so a flood of them cannot delay
+/// journaling (and thus dispatch) indefinitely. (Finished attempts are taken
+/// all at once: there are at most as many as the concurrency limit.)
 const MAX_DRAIN: usize = 4096;
 
 /// A finished attempt, as reported by its task.
@@ -275,7 +276,6 @@ struct ActiveJob {
     running: u32,
     max_concurrency: u32,
     in_heap: bool,
-    token: Arc<CancellationToken>,
     /// Records not yet handed to the store, and the effects they cause.
     pending: Vec<Record>,
     post: Vec<Post>,
@@ -337,7 +337,8 @@ struct ActiveJob {
     /// once found (a type may be registered late, e.g. after a restart
     /// with a smaller registry).
     kinds: Vec<Box<str>>,
-    /// What every attempt of the job shares (id, spec, token, runners).
+    /// What every attempt of the job shares (id, spec, runners, and the
+    /// job's cancellation token, which stops all its attempts).
     attempts: Arc<JobContext>,
 }
 
@@ -1299,7 +1300,6 @@ impl Scheduler {
             .timeout
             .map_or(self.shared.config.job_timeout, HumanDuration::get);
         let durable = view.version;
-        let token = Arc::new(CancellationToken::new());
         let mut job = ActiveJob {
             gen,
             resume_kind: if self.shared.store.exclusive() {
@@ -1320,7 +1320,6 @@ impl Scheduler {
             running: 0,
             max_concurrency: spec.max_concurrency.unwrap_or(u32::MAX),
             in_heap: false,
-            token: Arc::clone(&token),
             pending: Vec::new(),
             post: Vec::new(),
             failed: None,
@@ -1351,7 +1350,7 @@ impl Scheduler {
             attempts: Arc::new(JobContext {
                 job_id: view.id().clone(),
                 spec: Arc::clone(&spec),
-                cancel: Arc::clone(&token),
+                cancel: Arc::new(CancellationToken::new()),
                 runners: kinds.iter().map(|_| OnceLock::new()).collect(),
                 done: Arc::clone(&self.completions),
             }),
@@ -1416,7 +1415,10 @@ impl Scheduler {
         let id = job.id().clone();
         // A wedged scheduler's jobs are handed off by the keeper, which
         // then stops their attempts with this token.
-        job.lease = self.shared.leases.attach(&id, Arc::clone(&job.token));
+        job.lease = self
+            .shared
+            .leases
+            .attach(&id, Arc::clone(&job.attempts.cancel));
         if let Some(t) = timeout_in {
             job.timeout_at = Some(now.saturating_add(t));
             self.timers.insert(Timer::JobTimeout { slot, gen }, t);
@@ -1983,7 +1985,7 @@ impl Scheduler {
                 }
                 Post::CancelAttempts => {
                     if let Some(job) = self.jobs[slot].as_ref() {
-                        job.token.cancel();
+                        job.attempts.cancel.cancel();
                     }
                 }
                 Post::RecordHistory => self.record_history(slot),
@@ -2133,7 +2135,7 @@ impl Scheduler {
             .filter(|p| matches!(p, Post::Spawn { .. }))
             .count();
         self.running -= unspawned;
-        job.token.cancel();
+        job.attempts.cancel.cancel();
         self.shared.leases.forget(job.id());
         self.by_id.remove(job.id());
         self.free.push(slot);
@@ -2365,7 +2367,7 @@ impl Scheduler {
         // Attempts with their own limits get a child token so a timeout can
         // stop just this attempt; others share the job's token.
         let own_token = (limits.deadline.is_some() || limits.heartbeat_timeout.is_some())
-            .then(|| Arc::new(job.token.child_token()));
+            .then(|| Arc::new(job.attempts.cancel.child_token()));
         let heartbeat = if limits.heartbeat_timeout.is_some() {
             Heartbeat::live()
         } else {

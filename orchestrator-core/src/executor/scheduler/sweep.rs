@@ -57,7 +57,7 @@ impl Scheduler {
         }
         let cancel_grace = self.shared.config.cancel_grace;
         // Attempts of a job being cancelled stop within the grace.
-        let stopping = job.token.is_cancelled();
+        let stopping = job.attempts.cancel.is_cancelled();
         let specs = job.view.spec().nodes();
         for (i, node) in job.view.nodes.iter().enumerate() {
             let running = match node.state() {
