@@ -1,7 +1,7 @@
 //! Running one attempt: the runner's future wrapped with the node timeout,
 //! the heartbeat watchdog, graceful cancellation and panic capture.
 //!
-//! This lives in the spawned task, not in the scheduler, so the scheduler
+//! This runs in a crew member's task, not in the scheduler, so the scheduler
 //! never polls runner code and a slow or stuck runner costs it nothing.
 
 use std::panic::AssertUnwindSafe;

@@ -16,6 +16,7 @@
 //! each job's ready nodes wait in a [`ready::ReadyQueue`], O(1) per node
 //! when they become ready in dispatch order.
 
+mod crew;
 mod ready;
 mod sweep;
 
@@ -29,10 +30,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::attempt::{run_attempt, AttemptLimits};
+use super::attempt::AttemptLimits;
 use super::timers::Timers;
 use super::BreakerStatus;
 use super::{Activation, Batch, Command, ExecutorError, Shared};
@@ -43,11 +43,12 @@ use crate::failure::{Failure, FailureClass};
 use crate::flaky::{AttemptBudget, RunOutcome, TestOutcome};
 use crate::journal::{Effect, Event, JobView, NodeView, Progress, Record};
 use crate::retry::{seed_for, RetryContext, RetryPolicy, RetrySpec};
-use crate::runner::{Heartbeat, JobContext, RunContext, Runner};
+use crate::runner::{Heartbeat, JobContext, Runner};
 use crate::state::{JobEffect, JobState, NodeEffect, NodeState, TriggerDecision, Upstream};
 use crate::store::dead_letter::DeadLetterReason;
 use crate::time::{JobId, Timestamp};
 use crate::HumanDuration;
+use crew::{Assignment, Crew};
 use ready::ReadyQueue;
 
 /// Most commands folded into one iteration, so a flood of them cannot delay
@@ -55,10 +56,10 @@ use ready::ReadyQueue;
 /// all at once: there are at most as many as the concurrency limit.)
 const MAX_DRAIN: usize = 4096;
 
-/// A finished attempt, as reported by its task.
+/// A finished attempt, as reported by the crew member that ran it.
 pub(crate) struct Finished {
-    /// Index of the task's join handle in [`Scheduler::tasks`].
-    task: usize,
+    /// Who ran it (its index in the [`crew::Crew`]).
+    member: usize,
     slot: usize,
     gen: u64,
     node: u32,
@@ -914,12 +915,9 @@ pub(crate) struct Scheduler {
     /// folded in.
     completions: Arc<Completions>,
     finished: Vec<Finished>,
-    /// Join handles of attempts in flight (a slab), so dropping the
-    /// scheduler aborts them as a crash would. (Not abort handles: taking
-    /// one adds a reference to every task, and makes dropping the join
-    /// handle take tokio's slow path.)
-    tasks: Vec<Option<JoinHandle<()>>>,
-    free_tasks: Vec<usize>,
+    /// The tasks that run attempts; dropping the scheduler aborts them,
+    /// with their attempts, as a crash would.
+    crew: Crew,
     /// Wall-clock time read once per loop iteration: every record of an
     /// iteration carries the same timestamp anyway.
     now: Timestamp,
@@ -970,8 +968,7 @@ impl Scheduler {
             done_tx,
             completions: Arc::default(),
             finished: Vec::new(),
-            tasks: Vec::new(),
-            free_tasks: Vec::new(),
+            crew: Crew::default(),
             now: Timestamp::default(),
             default_policy,
             timers: Timers::new(),
@@ -1032,6 +1029,8 @@ impl Scheduler {
             self.dispatch();
             if std::mem::take(&mut self.sweep_due) {
                 self.sweep();
+                // Once per heartbeat period, like the sweep.
+                self.crew.trim();
             }
             self.journal_breakers();
             self.flush().await;
@@ -1522,10 +1521,7 @@ impl Scheduler {
     }
 
     fn joined(&mut self, f: Finished) {
-        if let Some(handle) = self.tasks.get_mut(f.task) {
-            *handle = None;
-            self.free_tasks.push(f.task);
-        }
+        self.crew.returned(f.member);
         self.running -= 1;
         let now = self.now;
         let f = self.refine_and_feed(f);
@@ -2380,65 +2376,31 @@ impl Scheduler {
         } else {
             job.admitted.remove(&node)
         };
-        let task = self.free_tasks.pop().unwrap_or_else(|| {
-            self.tasks.push(None);
-            self.tasks.len() - 1
+        self.crew.assign(Assignment {
+            job: shared,
+            slot,
+            gen,
+            node,
+            attempt,
+            compensation,
+            breaker,
+            runner,
+            limits,
+            own_token,
+            heartbeat,
         });
-        // The context is built in the task: the future tokio copies into
-        // it stays smaller.
-        let handle = tokio::spawn(async move {
-            let mut ctx =
-                RunContext::for_attempt(Arc::clone(&shared), node, attempt, own_token.clone())
-                    .with_deadline(limits.deadline)
-                    .with_heartbeat(heartbeat);
-            if compensation {
-                ctx = ctx.for_compensation();
-            }
-            let runner: Result<&dyn Runner, String> = match &runner {
-                // Set before the spawn, and never unset.
-                AttemptRunner::Job(index) => shared.runners[*index]
-                    .get()
-                    .map(AsRef::as_ref)
-                    .ok_or_else(|| "the node type's runner is gone".into()),
-                AttemptRunner::Own(r) => Ok(r.as_ref()),
-                AttemptRunner::Missing(message) => Err(message.clone()),
-            };
-            let result = match runner {
-                Ok(runner) => run_attempt(runner, ctx, limits, &shared.cancel, own_token).await,
-                Err(message) => Err(Failure::permanent(message)),
-            };
-            shared.done.push(Finished {
-                task,
-                slot,
-                gen,
-                node,
-                attempt,
-                compensation,
-                breaker,
-                result,
-            });
-        });
-        self.tasks[task] = Some(handle);
     }
 }
 
 /// Where an attempt finds its runner.
 enum AttemptRunner {
-    /// In the job's shared context, at this index (found there at spawn).
+    /// In the job's shared context, at this index (found there before the
+    /// attempt was assigned).
     Job(usize),
     /// Its own (a compensation's, looked up by type name).
     Own(Arc<dyn Runner>),
     /// None is registered for the type: the attempt fails permanently.
     Missing(String),
-}
-
-impl Drop for Scheduler {
-    /// Stops every attempt in flight, as a crash of the process would.
-    fn drop(&mut self) {
-        for handle in self.tasks.iter().flatten() {
-            handle.abort();
-        }
-    }
 }
 
 /// Compiles the classification rules of a job: its default (`classify`, or
