@@ -370,13 +370,7 @@ impl Executor {
             records,
             journaled: true,
         }));
-        Ok(Activation {
-            view,
-            dag: Arc::new(dag),
-            recovering: false,
-            fence,
-            policies,
-        })
+        Ok(Activation::new(view, dag, false, fence, policies))
     }
 
     /// Leaves a dead letter as it is: journals `dead_letter.discarded` on its

@@ -213,13 +213,13 @@ pub(crate) async fn activate_granted(
         })
     })?;
     shared.leases.hold(lease.clone());
-    tx.send(Command::Activate(Box::new(Activation {
+    tx.send(Command::Activate(Box::new(Activation::new(
         view,
-        dag: Arc::new(dag),
+        dag,
         recovering,
-        fence: lease.token,
+        lease.token,
         policies,
-    })))
+    ))))
     .map_err(|_| ExecutorError::ShutDown)?;
     if let Some(request) = &granted.cancel_requested {
         cancel(tx, &lease.job, request);

@@ -512,11 +512,35 @@ impl Shared {
 pub(crate) struct Activation {
     pub(crate) view: JobView,
     pub(crate) dag: Arc<Dag>,
+    /// What the scheduler needs of each node's spec, read here, on the
+    /// caller's task: a pass over every node of a large job is not work
+    /// for the one task that schedules every job.
+    pub(crate) scan: scheduler::NodeScan,
     pub(crate) recovering: bool,
     /// The fencing token of the lease the executor holds on the job.
     pub(crate) fence: u64,
     /// The custom and stored policies the job's spec may name.
     pub(crate) policies: Arc<PolicyRegistry>,
+}
+
+impl Activation {
+    pub(crate) fn new(
+        view: JobView,
+        dag: Dag,
+        recovering: bool,
+        fence: u64,
+        policies: Arc<PolicyRegistry>,
+    ) -> Self {
+        let scan = scheduler::NodeScan::new(view.spec(), &dag);
+        Self {
+            view,
+            dag: Arc::new(dag),
+            scan,
+            recovering,
+            fence,
+            policies,
+        }
+    }
 }
 
 /// Commands to the scheduler.
@@ -868,13 +892,13 @@ impl Executor {
             match shared.claim(&id, false).await {
                 Ok(granted) => {
                     shared.leases.hold(granted.lease.clone());
-                    self.command(Command::Activate(Box::new(Activation {
+                    self.command(Command::Activate(Box::new(Activation::new(
                         view,
-                        dag: Arc::new(dag),
-                        recovering: false,
-                        fence: granted.lease.token,
+                        dag,
+                        false,
+                        granted.lease.token,
                         policies,
-                    })))?;
+                    ))))?;
                 }
                 // Another executor claimed it first: it runs there.
                 Err(StoreError::LeaseHeld { .. }) => {}
@@ -1158,13 +1182,9 @@ impl Executor {
             journaled: true,
         }));
         shared.leases.hold(lease);
-        self.command(Command::Activate(Box::new(Activation {
-            view,
-            dag: Arc::new(dag),
-            recovering: false,
-            fence,
-            policies,
-        })))
+        self.command(Command::Activate(Box::new(Activation::new(
+            view, dag, false, fence, policies,
+        ))))
     }
 
     /// Starts a new run of a finished job that re-executes only what did not

@@ -373,8 +373,9 @@ impl HotNode {
 
 /// What activating a job reads of each node's spec, in one pass (a
 /// `NodeSpec` is hundreds of bytes: on a large job every pass over them is
-/// a pass over memory no cache holds).
-struct NodeScan {
+/// a pass over memory no cache holds). Made by [`Activation::new`], on the
+/// task that asks for the activation, not on the scheduler's.
+pub(crate) struct NodeScan {
     /// Per node, its [`HotNode`].
     hot: Vec<HotNode>,
     /// The job's node types, for [`ActiveJob::kinds`].
@@ -385,55 +386,63 @@ struct NodeScan {
     special: Vec<u32>,
 }
 
-/// Scans `spec`'s nodes once (see [`NodeScan`]).
-fn scan_nodes(spec: &crate::JobSpec, dag: &Dag, pools: &HashMap<&str, u32>) -> NodeScan {
-    let mut special = Vec::new();
-    let mut kinds: Vec<Box<str>> = Vec::new();
-    let mut kind_index: HashMap<&str, u32> = HashMap::new();
-    let mut last: Option<(&str, u32)> = None;
-    let hot = spec
-        .nodes()
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            // Neighbouring nodes mostly share a type: skip the hash then.
-            let runner = match last {
-                Some((kind, index)) if kind == n.kind => index,
-                _ => {
-                    let next = kinds.len() as u32;
-                    let index = *kind_index.entry(n.kind.as_str()).or_insert_with(|| {
-                        kinds.push(n.kind.as_str().into());
-                        next
-                    });
-                    last = Some((n.kind.as_str(), index));
-                    index
+impl NodeScan {
+    /// Scans `spec`'s nodes once.
+    pub(crate) fn new(spec: &crate::JobSpec, dag: &Dag) -> Self {
+        let pools: HashMap<&str, u32> = spec
+            .pools
+            .keys()
+            .enumerate()
+            .map(|(i, k)| (k.as_str(), i as u32))
+            .collect();
+        let mut special = Vec::new();
+        let mut kinds: Vec<Box<str>> = Vec::new();
+        let mut kind_index: HashMap<&str, u32> = HashMap::new();
+        let mut last: Option<(&str, u32)> = None;
+        let hot = spec
+            .nodes()
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                // Neighbouring nodes mostly share a type: skip the hash then.
+                let runner = match last {
+                    Some((kind, index)) if kind == n.kind => index,
+                    _ => {
+                        let next = kinds.len() as u32;
+                        let index = *kind_index.entry(n.kind.as_str()).or_insert_with(|| {
+                            kinds.push(n.kind.as_str().into());
+                            next
+                        });
+                        last = Some((n.kind.as_str(), index));
+                        index
+                    }
+                };
+                if n.retry.is_some()
+                    || n.policy.is_some()
+                    || n.classify.is_some()
+                    || n.compensate.is_some()
+                {
+                    special.push(i as u32);
                 }
-            };
-            if n.retry.is_some()
-                || n.policy.is_some()
-                || n.classify.is_some()
-                || n.compensate.is_some()
-            {
-                special.push(i as u32);
-            }
-            HotNode {
-                priority: n.priority,
-                critical: dag.critical_path_len(i as u32),
-                pool: n
-                    .pool
-                    .as_deref()
-                    .and_then(|p| pools.get(p).copied())
-                    .unwrap_or(NO_POOL),
-                runner,
-                trigger: n.trigger,
-                limited: n.timeout.is_some() || n.heartbeat_timeout.is_some(),
-            }
-        })
-        .collect();
-    NodeScan {
-        hot,
-        kinds,
-        special,
+                HotNode {
+                    priority: n.priority,
+                    critical: dag.critical_path_len(i as u32),
+                    pool: n
+                        .pool
+                        .as_deref()
+                        .and_then(|p| pools.get(p).copied())
+                        .unwrap_or(NO_POOL),
+                    runner,
+                    trigger: n.trigger,
+                    limited: n.timeout.is_some() || n.heartbeat_timeout.is_some(),
+                }
+            })
+            .collect();
+        NodeScan {
+            hot,
+            kinds,
+            special,
+        }
     }
 }
 
@@ -1200,6 +1209,7 @@ impl Scheduler {
         let Activation {
             view,
             dag,
+            scan,
             recovering,
             fence,
             policies,
@@ -1227,17 +1237,11 @@ impl Scheduler {
             None => Arc::clone(&self.default_policy),
             Some(r) => compile(Some(r)),
         };
-        let pool_names: HashMap<&str, u32> = spec
-            .pools
-            .keys()
-            .enumerate()
-            .map(|(i, k)| (k.as_str(), i as u32))
-            .collect();
         let NodeScan {
             hot,
             kinds,
             special,
-        } = scan_nodes(&spec, &dag, &pool_names);
+        } = scan;
         let node_policies = special
             .iter()
             .map(|&i| (i, &spec.nodes()[i as usize]))
