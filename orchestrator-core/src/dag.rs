@@ -77,17 +77,28 @@ impl Dag {
             spec.dag_definition.edges.len()
                 + nodes.iter().map(|x| x.depends_on.len()).sum::<usize>(),
         );
+        // Where a dependency was written, spelled out only for a problem:
+        // formatting it for each of millions of edges cost more than
+        // resolving them.
+        enum At {
+            DependsOn(usize, usize),
+            Edge(usize),
+        }
+        let path = |at: At| match at {
+            At::DependsOn(i, j) => format!("/dag_definition/nodes/{i}/depends_on/{j}"),
+            At::Edge(k) => format!("/dag_definition/edges/{k}/from"),
+        };
         let mut resolve =
-            |from: &str, to: u32, path: String, problems: &mut Vec<Problem>| match ids.get(from) {
+            |from: &str, to: u32, at: At, problems: &mut Vec<Problem>| match ids.get(from) {
                 None => problems.push(Problem::new(
-                    path,
+                    path(at),
                     ProblemCode::UnknownDependency,
                     format!("no node has id {from:?}"),
                 )),
                 // Already reported as a duplicate or malformed id.
                 Some(&AMBIGUOUS) => {}
                 Some(&f) if f == to => problems.push(Problem::new(
-                    path,
+                    path(at),
                     ProblemCode::SelfLoop,
                     format!("node {from:?} depends on itself"),
                 )),
@@ -98,27 +109,17 @@ impl Dag {
             };
         for (i, node) in nodes.iter().enumerate() {
             for (j, dep) in node.depends_on.iter().enumerate() {
-                resolve(
-                    dep,
-                    i as u32,
-                    format!("/dag_definition/nodes/{i}/depends_on/{j}"),
-                    &mut problems,
-                );
+                resolve(dep, i as u32, At::DependsOn(i, j), &mut problems);
             }
         }
         for (k, edge) in spec.dag_definition.edges.iter().enumerate() {
             match ids.get(edge.to.as_str()) {
                 Some(&AMBIGUOUS) => {}
-                Some(&to) => resolve(
-                    &edge.from,
-                    to,
-                    format!("/dag_definition/edges/{k}/from"),
-                    &mut problems,
-                ),
+                Some(&to) => resolve(&edge.from, to, At::Edge(k), &mut problems),
                 None => {
                     if !ids.contains_key(edge.from.as_str()) {
                         problems.push(Problem::new(
-                            format!("/dag_definition/edges/{k}/from"),
+                            path(At::Edge(k)),
                             ProblemCode::UnknownDependency,
                             format!("no node has id {:?}", edge.from),
                         ));
