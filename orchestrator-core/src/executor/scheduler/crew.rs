@@ -18,6 +18,7 @@
 //! the crew aborts every member, with its attempt, as a crash would.
 
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -106,16 +107,26 @@ enum Letter {
 #[derive(Default)]
 struct Mailbox {
     letter: Mutex<Option<Letter>>,
+    /// Whether `letter` holds one: looked at without the lock, which the
+    /// member then takes only to collect a letter that is there.
+    full: AtomicBool,
     waker: AtomicWaker,
 }
 
 impl Mailbox {
     fn post(&self, letter: Letter) {
         *self.letter.lock().unwrap_or_else(PoisonError::into_inner) = Some(letter);
+        self.full.store(true, Ordering::Release);
         self.waker.wake();
     }
 
     fn take(&self) -> Option<Letter> {
+        if !self.full.load(Ordering::Acquire) {
+            return None;
+        }
+        // Only this mailbox's member empties it, and only the scheduler
+        // fills it, once the member reported: no letter lands in between.
+        self.full.store(false, Ordering::Relaxed);
         self.letter
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
