@@ -6,8 +6,8 @@
 //! limits, and then **journals before acting**: the records of one loop
 //! iteration are appended to the store (one append per job, all jobs
 //! concurrently, so backends can group-commit), and only once they are
-//! durable does it spawn attempts, arm timers, signal cancellations and
-//! publish events. A store failure stalls the affected job (its records stay
+//! durable does it start attempts (on a crew of long-lived tasks), arm
+//! timers, signal cancellations and publish events. A store failure stalls the affected job (its records stay
 //! pending and are re-appended with backoff); nothing is acted on, faked or
 //! lost.
 //!

@@ -5,7 +5,7 @@
 //! its job through the state machines and queueing the resulting records,
 //! (3) dispatches ready nodes under the global, per-job and per-pool limits,
 //! and (4) flushes: appends each touched job's records in one call, all jobs
-//! concurrently, and only then performs the "post-durable" effects (spawning
+//! concurrently, and only then performs the "post-durable" effects (starting
 //! attempts, arming timers, cancelling tokens, answering callers, publishing
 //! events). Draining before flushing is what batches records: under load one
 //! append carries many transitions.
@@ -14,7 +14,8 @@
 //! no journal replay, no whole-graph scan, no lock held across an await.
 //! The stuck-job sweep ([`sweep`]) runs once per heartbeat, off that path;
 //! each job's ready nodes wait in a [`ready::ReadyQueue`], O(1) per node
-//! when they become ready in dispatch order.
+//! when they become ready in dispatch order; attempts run on the scheduler's
+//! [`crew::Crew`] of long-lived tasks, not on a task spawned per attempt.
 
 mod crew;
 mod ready;
