@@ -909,6 +909,10 @@ impl ActiveJob {
 }
 
 pub(crate) struct Scheduler {
+    /// The tasks that run attempts. First, so that it is dropped first:
+    /// dropping the scheduler aborts every attempt, as a crash would,
+    /// before the jobs' waiters hear of anything.
+    crew: Crew,
     shared: Arc<Shared>,
     rx: mpsc::UnboundedReceiver<Command>,
     jobs: Vec<Option<ActiveJob>>,
@@ -925,9 +929,6 @@ pub(crate) struct Scheduler {
     /// folded in.
     completions: Arc<Completions>,
     finished: Vec<Finished>,
-    /// The tasks that run attempts; dropping the scheduler aborts them,
-    /// with their attempts, as a crash would.
-    crew: Crew,
     /// Wall-clock time read once per loop iteration: every record of an
     /// iteration carries the same timestamp anyway.
     now: Timestamp,

@@ -18,11 +18,13 @@
 //! the crew aborts every member, with its attempt, as a crash would.
 
 use std::future::poll_fn;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use futures::task::AtomicWaker;
+use futures::FutureExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -115,7 +117,12 @@ struct Mailbox {
 
 impl Mailbox {
     fn post(&self, letter: Letter) {
-        *self.letter.lock().unwrap_or_else(PoisonError::into_inner) = Some(letter);
+        let old = self
+            .letter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(letter);
+        debug_assert!(old.is_none(), "a letter was posted to a busy member");
         self.full.store(true, Ordering::Release);
         self.waker.wake();
     }
@@ -159,7 +166,15 @@ impl Mailbox {
 async fn serve(member: usize, mailbox: Arc<Mailbox>) {
     loop {
         match poll_fn(|cx| mailbox.poll_letter(cx)).await {
-            Letter::Attempt(assignment) => assignment.run(member).await,
+            // The runner's own panics are caught in `run_attempt`; this
+            // catches those of what an attempt drops after it reported
+            // (the last count on a replaced runner, say), which would
+            // otherwise end a member the scheduler counts as free.
+            Letter::Attempt(assignment) => {
+                let _ = AssertUnwindSafe(assignment.run(member))
+                    .catch_unwind()
+                    .await;
+            }
             Letter::Retire => return,
         }
     }
@@ -394,6 +409,46 @@ mod tests {
         runner.open.add_permits(2);
         reports(&job, &mut crew, 2).await;
         assert_eq!(runner.dropped.load(Ordering::SeqCst), 0);
+    }
+
+    /// Panics when dropped: the last count on it goes with the attempt,
+    /// after its report.
+    struct PanicsOnDrop;
+
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            panic!("a runner that panics when dropped");
+        }
+    }
+
+    #[async_trait]
+    impl Runner for PanicsOnDrop {
+        async fn run(&self, _ctx: RunContext) -> Result<Value, Failure> {
+            Ok(Value::Null)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panic_after_the_report_leaves_the_member_serving() {
+        let runner = gate();
+        let job = job(Arc::clone(&runner));
+        let mut crew = Crew::default();
+        let mut own = assignment(&job, 1);
+        own.runner = AttemptRunner::Own(Arc::new(PanicsOnDrop));
+        crew.assign(own);
+        let got = reports(&job, &mut crew, 1).await;
+        assert!(got[0].result.is_ok());
+        // The member that dropped the runner (and panicked doing so) takes
+        // the next attempt.
+        crew.assign(assignment(&job, 2));
+        runner.open.add_permits(1);
+        // A dead member would never report: time out (paused time, so at
+        // once) rather than hang.
+        let got = tokio::time::timeout(Duration::from_secs(5), reports(&job, &mut crew, 1))
+            .await
+            .expect("the member is alive and reports");
+        assert_eq!((got[0].member, got[0].attempt), (0, 2));
+        assert_eq!(crew.size(), 1);
     }
 
     #[tokio::test]
