@@ -7,9 +7,9 @@
 //! iteration are appended to the store (one append per job, all jobs
 //! concurrently, so backends can group-commit), and only once they are
 //! durable does it start attempts (on a crew of long-lived tasks), arm
-//! timers, signal cancellations and publish events. A store failure stalls the affected job (its records stay
-//! pending and are re-appended with backoff); nothing is acted on, faked or
-//! lost.
+//! timers, signal cancellations and publish events. A store failure stalls
+//! the affected job (its records stay pending and are re-appended with
+//! backoff); nothing is acted on, faked or lost.
 //!
 //! At start the executor recovers every unfinished job from the store:
 //! succeeded nodes are never run again, attempts that were in flight are
@@ -524,6 +524,7 @@ pub(crate) struct Activation {
 }
 
 impl Activation {
+    /// An activation of `view`'s job, its per-node scan made here.
     pub(crate) fn new(
         view: JobView,
         dag: Dag,
