@@ -25,7 +25,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use foldhash::{HashMap, HashMapExt};
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -81,6 +81,10 @@ pub(crate) struct Finished {
 #[derive(Default)]
 pub(crate) struct Completions {
     queue: std::sync::Mutex<Vec<Finished>>,
+    /// Whether `queue` may hold something: looked at without the lock, so
+    /// that finding nothing (most looks, on a chain) takes no lock on a
+    /// line the reporting thread last wrote.
+    queued: std::sync::atomic::AtomicBool,
     waker: futures::task::AtomicWaker,
 }
 
@@ -94,11 +98,23 @@ impl Completions {
 
     fn push(&self, finished: Finished) {
         self.lock().push(finished);
+        // After the push: a take that sees the flag finds what was pushed.
+        self.queued.store(true, std::sync::atomic::Ordering::Release);
         self.waker.wake();
     }
 
     /// Moves what is queued to the end of `into`.
     fn take(&self, into: &mut Vec<Finished>) {
+        use std::sync::atomic::Ordering;
+        // A push whose flag is not seen yet wakes the scheduler after
+        // setting it, so it is taken on the next look.
+        if !self.queued.load(Ordering::Acquire) {
+            return;
+        }
+        // Cleared before taking: a push that lands after the take sets it
+        // again (one that lands before is taken now, its flag left set,
+        // which only costs the next look a lock).
+        self.queued.store(false, Ordering::Relaxed);
         let mut queue = self.lock();
         if into.is_empty() {
             // Swapped, not copied: both buffers keep their capacity.
@@ -184,6 +200,20 @@ enum Post {
     /// Writes the job's dead-letter entries from its journal (their
     /// `node.dead_lettered` records are durable now).
     StoreDeadLetters,
+}
+
+/// Runs `fut`, and says whether it had to wait: whether it was not done on
+/// its first poll.
+async fn waiting<F: Future>(fut: F) -> (F::Output, bool) {
+    let mut fut = std::pin::pin!(fut);
+    let mut waited = false;
+    let output = poll_fn(|cx| {
+        let poll = fut.as_mut().poll(cx);
+        waited |= poll.is_pending();
+        poll
+    })
+    .await;
+    (output, waited)
 }
 
 /// Appends one job's batch at its durable version.
@@ -654,9 +684,11 @@ impl ActiveJob {
     fn release_downstream(&mut self, node: u32) {
         // A quarantined failure counts as success downstream.
         let state = self.view.nodes[node as usize].downstream_state();
-        let dag = Arc::clone(&self.dag);
         let deciding = matches!(self.view.state, JobState::Running | JobState::Recovering);
-        for &s in dag.successors(node) {
+        // By index: cloning the `Arc` to iterate costs two atomic operations
+        // per finished node.
+        for k in 0..self.dag.successors(node).len() {
+            let s = self.dag.successors(node)[k];
             self.upstream[s as usize].record(state);
             if deciding && self.view.nodes[s as usize].state() == NodeState::Pending {
                 self.decide(s);
@@ -932,6 +964,9 @@ pub(crate) struct Scheduler {
     /// Wall-clock time read once per loop iteration: every record of an
     /// iteration carries the same timestamp anyway.
     now: Timestamp,
+    /// Whether this iteration waited (for the store) since `now` was read,
+    /// so that `now` may be well behind the clock.
+    now_stale: bool,
     /// The engine's default retry policy, compiled once.
     default_policy: Arc<dyn RetryPolicy>,
     timers: Timers<Timer>,
@@ -981,6 +1016,7 @@ impl Scheduler {
             finished: Vec::new(),
             crew: Crew::default(),
             now: Timestamp::default(),
+            now_stale: false,
             default_policy,
             timers: Timers::new(),
             job_heap: BinaryHeap::new(),
@@ -1023,6 +1059,7 @@ impl Scheduler {
                 tokio::task::yield_now().await;
             }
             self.now = self.shared.clock.now();
+            self.now_stale = false;
             match wake {
                 Wake::Closed => return,
                 Wake::Command(c) => self.command(c),
@@ -1802,13 +1839,15 @@ impl Scheduler {
             let jobs = &self.jobs;
             if batches.len() == 1 {
                 // One job (always, on a chain): no vector of results.
-                let result = append(store, jobs, &batches[0]).await;
+                let (result, waited) = waiting(append(store, jobs, &batches[0])).await;
+                self.now_stale |= waited;
                 if let Some(batch) = batches.pop() {
                     self.appended(batch, result);
                 }
             } else {
-                let results =
-                    futures::future::join_all(batches.iter().map(|b| append(store, jobs, b))).await;
+                let all = futures::future::join_all(batches.iter().map(|b| append(store, jobs, b)));
+                let (results, waited) = waiting(all).await;
+                self.now_stale |= waited;
                 for (batch, result) in batches.drain(..).zip(results) {
                     self.appended(batch, result);
                 }
@@ -1936,9 +1975,15 @@ impl Scheduler {
             .iter()
             .filter(|p| matches!(p, Post::Spawn { .. }))
             .count();
-        // The clock is read afresh: `self.now` dates from before the append
-        // this follows, and a pause may have fallen in between.
-        if unspawned > 0 && !job.lease.live(self.shared.clock.now()) {
+        // The clock is read afresh when the append this follows had to wait
+        // (the lease may have run out meanwhile); an append that was done
+        // on its first poll took no longer than the rest of the iteration.
+        let now = if self.now_stale {
+            self.shared.clock.now()
+        } else {
+            self.now
+        };
+        if unspawned > 0 && !job.lease.live(now) {
             tracing::warn!(job = %job.id(), "lease lapsed or handed off before attempts could start; dropping the job here");
             self.running -= unspawned;
             self.release(slot);
