@@ -86,7 +86,7 @@ fn attempts(nodes: usize, records: &[Record]) -> Vec<Vec<Attempt>> {
                         list.len() - 1
                     });
                     list[i].ended = Some(r.at);
-                    list[i].failure = Some(failure.clone());
+                    list[i].failure = Some(Failure::clone(failure));
                 }
             }
             _ => {}
@@ -304,7 +304,7 @@ mod tests {
                 Event::NodeFailed {
                     node: 0,
                     attempt: 1,
-                    failure: fail.clone(),
+                    failure: Box::new(fail.clone()),
                     retry_in_ms: Some(10),
                 },
             ),
@@ -403,7 +403,7 @@ mod tests {
                 Event::NodeFailed {
                     node: 0,
                     attempt: 1,
-                    failure: Failure::new(FailureClass::Unknown, "exit 1"),
+                    failure: Box::new(Failure::new(FailureClass::Unknown, "exit 1")),
                     retry_in_ms: None,
                 },
             ),
@@ -447,7 +447,7 @@ mod tests {
                 Event::NodeFailed {
                     node: 0,
                     attempt: 1,
-                    failure: flaky,
+                    failure: Box::new(flaky),
                     retry_in_ms: Some(10),
                 },
             ),
@@ -482,7 +482,7 @@ mod tests {
                 Event::NodeFailed {
                     node: 1,
                     attempt: 1,
-                    failure: Failure::permanent("assertion failed"),
+                    failure: Box::new(Failure::permanent("assertion failed")),
                     retry_in_ms: None,
                 },
             ),

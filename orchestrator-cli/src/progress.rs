@@ -546,7 +546,9 @@ mod tests {
                 Event::NodeFailed {
                     node: 1,
                     attempt: 1,
-                    failure: Failure::transient("connection reset\n--- stderr (tail) ---\nx"),
+                    failure: Box::new(Failure::transient(
+                        "connection reset\n--- stderr (tail) ---\nx",
+                    )),
                     retry_in_ms: Some(200),
                 },
             ),

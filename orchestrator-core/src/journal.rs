@@ -115,7 +115,7 @@ pub enum Event {
         /// Attempt number.
         attempt: u32,
         /// What went wrong.
-        failure: Failure,
+        failure: Box<Failure>,
         /// Delay before the next attempt in milliseconds; absent when the node
         /// will not be retried.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -152,7 +152,7 @@ pub enum Event {
         /// Compensation attempt number.
         attempt: u32,
         /// What went wrong.
-        failure: Failure,
+        failure: Box<Failure>,
         /// Delay before the next compensation attempt in milliseconds;
         /// absent when the node is dead-lettered instead.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -800,7 +800,7 @@ impl JobView {
                         });
                     };
                     node.compensation_running = false;
-                    node.last_error = Some(failure.clone());
+                    node.last_error = Some(Failure::clone(failure));
                     node.retry_at = Some(Timestamp(record.at.0.saturating_add(*ms)));
                 }
                 if let Event::FlakyDecision {
@@ -883,7 +883,7 @@ impl JobView {
                         node.finished_at = Some(record.at);
                         node.retry_at =
                             retry_in_ms.map(|ms| Timestamp(record.at.0.saturating_add(ms)));
-                        node.last_error = Some(failure.clone());
+                        node.last_error = Some(Failure::clone(failure));
                     }
                     Event::NodeSkipped { .. }
                     | Event::NodeUpstreamFailed { .. }
@@ -901,7 +901,7 @@ impl JobView {
                     }
                     Event::CompensationFailed { failure, .. } => {
                         node.compensation_running = false;
-                        node.last_error = Some(failure.clone());
+                        node.last_error = Some(Failure::clone(failure));
                     }
                     Event::NodeCompensated { .. } => node.compensation_running = false,
                     Event::DeadLetterRequeued { .. } => {

@@ -337,7 +337,7 @@ pub fn events_to(state: JobState, nodes: u32) -> Vec<Event> {
                     Event::NodeFailed {
                         node: 0,
                         attempt: 1,
-                        failure: Failure::permanent("assertion failed"),
+                        failure: Box::new(Failure::permanent("assertion failed")),
                         retry_in_ms: None,
                     },
                 ]);
@@ -363,7 +363,7 @@ pub fn events_to(state: JobState, nodes: u32) -> Vec<Event> {
                     Event::CompensationFailed {
                         node: 0,
                         attempt: 1,
-                        failure: Failure::permanent("cannot undo"),
+                        failure: Box::new(Failure::permanent("cannot undo")),
                         retry_in_ms: None,
                     },
                 ]);
@@ -1068,7 +1068,7 @@ pub async fn summary_progress_follows_appends(store: Arc<dyn Store>) {
         vec![Event::NodeFailed {
             node: 1,
             attempt: 1,
-            failure: Failure::transient("connection reset"),
+            failure: Box::new(Failure::transient("connection reset")),
             retry_in_ms: Some(250),
         }],
         vec![
@@ -1082,7 +1082,7 @@ pub async fn summary_progress_follows_appends(store: Arc<dyn Store>) {
             Event::NodeFailed {
                 node: 1,
                 attempt: 2,
-                failure: Failure::permanent("assertion failed"),
+                failure: Box::new(Failure::permanent("assertion failed")),
                 retry_in_ms: None,
             },
             Event::NodeUpstreamFailed { node: 2 },
@@ -1241,7 +1241,7 @@ pub async fn load_view_from_snapshot_equals_replay(store: Arc<dyn Store>) {
             Event::NodeFailed {
                 node: 2,
                 attempt: 1,
-                failure: Failure::timeout("no answer"),
+                failure: Box::new(Failure::timeout("no answer")),
                 retry_in_ms: Some(1000),
             },
             Event::NodeRetryDue { node: 2 },

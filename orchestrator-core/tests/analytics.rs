@@ -49,7 +49,7 @@ fn failed(node: u32, attempt: u32, class: FailureClass, retry: Option<u64>) -> E
     Event::NodeFailed {
         node,
         attempt,
-        failure: Failure::new(class, "x"),
+        failure: Box::new(Failure::new(class, "x")),
         retry_in_ms: retry,
     }
 }

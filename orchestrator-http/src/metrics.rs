@@ -325,7 +325,7 @@ mod tests {
             Event::NodeFailed {
                 node: 0,
                 attempt: 1,
-                failure: Failure::transient("x"),
+                failure: Box::new(Failure::transient("x")),
                 retry_in_ms: Some(5),
             },
         ));

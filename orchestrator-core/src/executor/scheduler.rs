@@ -99,7 +99,8 @@ impl Completions {
     fn push(&self, finished: Finished) {
         self.lock().push(finished);
         // After the push: a take that sees the flag finds what was pushed.
-        self.queued.store(true, std::sync::atomic::Ordering::Release);
+        self.queued
+            .store(true, std::sync::atomic::Ordering::Release);
         self.waker.wake();
     }
 
@@ -1499,7 +1500,7 @@ impl Scheduler {
                         Event::CompensationFailed {
                             node: i,
                             attempt,
-                            failure,
+                            failure: Box::new(failure),
                             retry_in_ms: retry_in.map(|d| d.as_millis() as u64),
                         },
                     );
@@ -1523,7 +1524,7 @@ impl Scheduler {
                         Event::NodeFailed {
                             node: i,
                             attempt,
-                            failure,
+                            failure: Box::new(failure),
                             retry_in_ms: retry_in.map(|d| d.as_millis() as u64),
                         },
                     );
@@ -1606,7 +1607,7 @@ impl Scheduler {
                     Event::CompensationFailed {
                         node: f.node,
                         attempt: f.attempt,
-                        failure,
+                        failure: Box::new(failure),
                         retry_in_ms: retry_in.map(|d| d.as_millis() as u64),
                     }
                 }
@@ -1631,7 +1632,7 @@ impl Scheduler {
                 Event::NodeFailed {
                     node: f.node,
                     attempt: f.attempt,
-                    failure,
+                    failure: Box::new(failure),
                     retry_in_ms: retry_in.map(|d| d.as_millis() as u64),
                 }
             }
