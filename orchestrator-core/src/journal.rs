@@ -531,7 +531,7 @@ pub struct NodeView {
     pub retry_at: Option<Timestamp>,
     /// The latest failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<Failure>,
+    pub last_error: Option<Box<Failure>>,
     /// The output of the successful attempt.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub output: Value,
@@ -800,7 +800,7 @@ impl JobView {
                         });
                     };
                     node.compensation_running = false;
-                    node.last_error = Some(Failure::clone(failure));
+                    node.last_error = Some(failure.clone());
                     node.retry_at = Some(Timestamp(record.at.0.saturating_add(*ms)));
                 }
                 if let Event::FlakyDecision {
@@ -883,7 +883,7 @@ impl JobView {
                         node.finished_at = Some(record.at);
                         node.retry_at =
                             retry_in_ms.map(|ms| Timestamp(record.at.0.saturating_add(ms)));
-                        node.last_error = Some(Failure::clone(failure));
+                        node.last_error = Some(failure.clone());
                     }
                     Event::NodeSkipped { .. }
                     | Event::NodeUpstreamFailed { .. }
@@ -901,7 +901,7 @@ impl JobView {
                     }
                     Event::CompensationFailed { failure, .. } => {
                         node.compensation_running = false;
-                        node.last_error = Some(Failure::clone(failure));
+                        node.last_error = Some(failure.clone());
                     }
                     Event::NodeCompensated { .. } => node.compensation_running = false,
                     Event::DeadLetterRequeued { .. } => {

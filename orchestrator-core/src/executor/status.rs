@@ -124,7 +124,7 @@ impl JobStatus {
                         .zip(end)
                         .map(|(a, b)| b.saturating_since(a)),
                     retry_at: n.retry_at.filter(|_| n.state() == NodeState::RetryWaiting),
-                    last_error: n.last_error.clone(),
+                    last_error: n.last_error.as_deref().cloned(),
                     output: n.output.clone(),
                     flaky: n.flaky(),
                     quarantined: n.quarantined,
