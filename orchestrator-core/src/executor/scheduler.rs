@@ -82,8 +82,8 @@ pub(crate) struct Finished {
 pub(crate) struct Completions {
     queue: std::sync::Mutex<Vec<Finished>>,
     /// Whether `queue` may hold something: looked at without the lock, so
-    /// that finding nothing (most looks, on a chain) takes no lock on a
-    /// line the reporting thread last wrote.
+    /// that finding nothing (most looks, on a chain) is one load rather
+    /// than a lock and an unlock of a mutex another thread last held.
     queued: std::sync::atomic::AtomicBool,
     waker: futures::task::AtomicWaker,
 }

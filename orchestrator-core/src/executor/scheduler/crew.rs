@@ -451,6 +451,54 @@ mod tests {
         assert_eq!(crew.size(), 1);
     }
 
+    /// Reports pushed from other threads while the queue is being taken
+    /// (the emptiness flag read without the lock) all arrive, each once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn completions_pushed_from_other_threads_all_arrive() {
+        const PUSHERS: u32 = 4;
+        const EACH: u32 = 2_000;
+        let done = Arc::new(Completions::default());
+        let pushers: Vec<_> = (0..PUSHERS)
+            .map(|p| {
+                let done = Arc::clone(&done);
+                std::thread::spawn(move || {
+                    for attempt in 0..EACH {
+                        done.push(Finished {
+                            member: p as usize,
+                            slot: 0,
+                            gen: 1,
+                            node: p,
+                            attempt,
+                            compensation: false,
+                            breaker: None,
+                            result: Ok(Value::Null),
+                        });
+                    }
+                })
+            })
+            .collect();
+        let mut got = Vec::new();
+        let mut taken = Vec::new();
+        let all = async {
+            while taken.len() < (PUSHERS * EACH) as usize {
+                poll_fn(|cx| done.poll_take(cx, &mut got)).await;
+                taken.extend(got.drain(..).map(|f| (f.node, f.attempt)));
+            }
+        };
+        // A lost report would leave the taker waiting for good.
+        tokio::time::timeout(Duration::from_secs(10), all)
+            .await
+            .expect("every report is taken");
+        for p in pushers {
+            p.join().expect("pusher thread");
+        }
+        done.take(&mut got);
+        assert!(got.is_empty(), "nothing more than was pushed");
+        taken.sort_unstable();
+        taken.dedup();
+        assert_eq!(taken.len(), (PUSHERS * EACH) as usize, "each report once");
+    }
+
     #[tokio::test]
     async fn dropping_the_crew_aborts_attempts_in_flight() {
         let runner = gate();
