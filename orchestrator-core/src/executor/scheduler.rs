@@ -1977,8 +1977,10 @@ impl Scheduler {
             .filter(|p| matches!(p, Post::Spawn { .. }))
             .count();
         // The clock is read afresh when the append this follows had to wait
-        // (the lease may have run out meanwhile); an append that was done
-        // on its first poll took no longer than the rest of the iteration.
+        // (the lease may have run out meanwhile). One that was done on its
+        // first poll (the memory store; sled without durable writes) took
+        // no longer than the rest of the iteration: stores wait for I/O by
+        // returning `Pending`, never by blocking inside a poll.
         let now = if self.now_stale {
             self.shared.clock.now()
         } else {
