@@ -80,16 +80,25 @@ pub(crate) struct Finished {
 /// line every attempt shares). The scheduler takes the whole queue at once.
 #[derive(Default)]
 pub(crate) struct Completions {
-    queue: std::sync::Mutex<Vec<Finished>>,
-    /// Whether `queue` may hold something: looked at without the lock, so
+    queue: std::sync::Mutex<Queue>,
+    /// Whether the queue may hold something: looked at without the lock, so
     /// that finding nothing (most looks, on a chain) is one load rather
     /// than a lock and an unlock of a mutex another thread last held.
     queued: std::sync::atomic::AtomicBool,
-    waker: futures::task::AtomicWaker,
+}
+
+/// The reports, and the scheduler's waker, under one lock: a report and
+/// the registration it must see are ordered by the lock itself, so neither
+/// side needs the atomic handshake of an `AtomicWaker` on top of it (on a
+/// chain, a handful of atomic operations per node).
+#[derive(Default)]
+struct Queue {
+    finished: Vec<Finished>,
+    waker: Option<std::task::Waker>,
 }
 
 impl Completions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Finished>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         // A push cannot panic half-way: the queue is always whole.
         self.queue
             .lock()
@@ -97,11 +106,19 @@ impl Completions {
     }
 
     fn push(&self, finished: Finished) {
-        self.lock().push(finished);
+        let waker = {
+            let mut queue = self.lock();
+            queue.finished.push(finished);
+            queue.waker.take()
+        };
         // After the push: a take that sees the flag finds what was pushed.
         self.queued
             .store(true, std::sync::atomic::Ordering::Release);
-        self.waker.wake();
+        // Outside the lock: waking may take a while (another worker to
+        // unpark), and the scheduler may be taking the queue meanwhile.
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// Moves what is queued to the end of `into`.
@@ -112,27 +129,39 @@ impl Completions {
         if !self.queued.load(Ordering::Acquire) {
             return;
         }
-        // Cleared before taking: a push that lands after the take sets it
-        // again (one that lands before is taken now, its flag left set,
-        // which only costs the next look a lock).
-        self.queued.store(false, Ordering::Relaxed);
-        let mut queue = self.lock();
+        self.take_locked(&mut self.lock(), into);
+    }
+
+    /// Takes the queue under `queue`'s lock.
+    fn take_locked(&self, queue: &mut Queue, into: &mut Vec<Finished>) {
+        // Cleared under the lock: a push that lands after this take sets it
+        // again (one that landed before is taken now, its flag perhaps set
+        // after this, which only costs the next look a lock).
+        self.queued
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         if into.is_empty() {
             // Swapped, not copied: both buffers keep their capacity.
-            std::mem::swap(&mut *queue, into);
+            std::mem::swap(&mut queue.finished, into);
         } else {
-            into.append(&mut queue);
+            into.append(&mut queue.finished);
         }
     }
 
-    /// Ready once something was moved into `into`.
+    /// Ready once something was moved into `into`. Registers the waker
+    /// either way: the scheduler may next wait without looking here (its
+    /// yield before waiting), and the next report must still wake it.
     fn poll_take(
         &self,
         cx: &mut std::task::Context<'_>,
         into: &mut Vec<Finished>,
     ) -> std::task::Poll<()> {
-        self.waker.register(cx.waker());
-        self.take(into);
+        let mut queue = self.lock();
+        match &queue.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => queue.waker = Some(cx.waker().clone()),
+        }
+        self.take_locked(&mut queue, into);
+        drop(queue);
         if into.is_empty() {
             std::task::Poll::Pending
         } else {
@@ -1972,10 +2001,6 @@ impl Scheduler {
         // jobs the keeper handed off, may find on waking attempts it
         // journaled before still to start — while the executor that took
         // the job over runs them again: drop the job instead.
-        let unspawned = post
-            .iter()
-            .filter(|p| matches!(p, Post::Spawn { .. }))
-            .count();
         // The clock is read afresh when the append this follows had to wait
         // (the lease may have run out meanwhile). One that was done on its
         // first poll (the memory store; sled without durable writes) took
@@ -1986,11 +2011,17 @@ impl Scheduler {
         } else {
             self.now
         };
-        if unspawned > 0 && !job.lease.live(now) {
-            tracing::warn!(job = %job.id(), "lease lapsed or handed off before attempts could start; dropping the job here");
-            self.running -= unspawned;
-            self.release(slot);
-            return;
+        if !job.lease.live(now) {
+            let unspawned = post
+                .iter()
+                .filter(|p| matches!(p, Post::Spawn { .. }))
+                .count();
+            if unspawned > 0 {
+                tracing::warn!(job = %job.id(), "lease lapsed or handed off before attempts could start; dropping the job here");
+                self.running -= unspawned;
+                self.release(slot);
+                return;
+            }
         }
         let mut finished = false;
         let mut post = post;

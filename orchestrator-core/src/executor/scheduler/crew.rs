@@ -21,9 +21,8 @@ use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
-use futures::task::AtomicWaker;
 use futures::FutureExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -108,23 +107,39 @@ enum Letter {
 /// A member's mailbox: at most one letter, and the member's waker.
 #[derive(Default)]
 struct Mailbox {
-    letter: Mutex<Option<Letter>>,
-    /// Whether `letter` holds one: looked at without the lock, which the
-    /// member then takes only to collect a letter that is there.
+    /// The letter and the member's waker under one lock, which orders a
+    /// post and the registration it must see without an `AtomicWaker`'s
+    /// handshake on top.
+    slot: Mutex<Slot>,
+    /// Whether the slot holds a letter: looked at without the lock, which
+    /// the member then takes only to collect a letter that is there.
     full: AtomicBool,
-    waker: AtomicWaker,
+}
+
+/// What a [`Mailbox`] keeps under its lock.
+#[derive(Default)]
+struct Slot {
+    letter: Option<Letter>,
+    waker: Option<Waker>,
 }
 
 impl Mailbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn post(&self, letter: Letter) {
-        let old = self
-            .letter
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .replace(letter);
-        debug_assert!(old.is_none(), "a letter was posted to a busy member");
+        let waker = {
+            let mut slot = self.lock();
+            let old = slot.letter.replace(letter);
+            debug_assert!(old.is_none(), "a letter was posted to a busy member");
+            slot.waker.take()
+        };
         self.full.store(true, Ordering::Release);
-        self.waker.wake();
+        // Outside the lock, which the woken member may want at once.
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     fn take(&self) -> Option<Letter> {
@@ -134,26 +149,29 @@ impl Mailbox {
         // Only this mailbox's member empties it, and only the scheduler
         // fills it, once the member reported: no letter lands in between.
         self.full.store(false, Ordering::Relaxed);
-        self.letter
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+        self.lock().letter.take()
     }
 
-    /// Ready with the next letter. Checked before registering (the letter
-    /// is often there already) and again after (one posted in between).
-    /// Each letter spends a unit of tokio's cooperative budget, so a member
-    /// whose attempts finish at once still lets its worker thread run
-    /// other tasks now and then.
+    /// Ready with the next letter. Checked without the lock first (the
+    /// letter is often there already), then under it, where the member's
+    /// waker is left for the next post if none is there. Each letter spends a unit of tokio's
+    /// cooperative budget, so a member whose attempts finish at once still
+    /// lets its worker thread run other tasks now and then.
     fn poll_letter(&self, cx: &mut Context<'_>) -> Poll<Letter> {
         let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         let letter = match self.take() {
             Some(letter) => letter,
             None => {
-                self.waker.register(cx.waker());
-                match self.take() {
+                let mut slot = self.lock();
+                match slot.letter.take() {
                     Some(letter) => letter,
-                    None => return Poll::Pending,
+                    None => {
+                        match &slot.waker {
+                            Some(w) if w.will_wake(cx.waker()) => {}
+                            _ => slot.waker = Some(cx.waker().clone()),
+                        }
+                        return Poll::Pending;
+                    }
                 }
             }
         };
