@@ -154,7 +154,7 @@ impl Mailbox {
 
     /// Ready with the next letter. Checked without the lock first (the
     /// letter is often there already), then under it, where the member's
-    /// waker is left for the next post if none is there. Each letter spends a unit of tokio's
+    /// waker is left for the next post. Each letter spends a unit of tokio's
     /// cooperative budget, so a member whose attempts finish at once still
     /// lets its worker thread run other tasks now and then.
     fn poll_letter(&self, cx: &mut Context<'_>) -> Poll<Letter> {
