@@ -156,10 +156,7 @@ impl Completions {
         into: &mut Vec<Finished>,
     ) -> std::task::Poll<()> {
         let mut queue = self.lock();
-        match &queue.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => queue.waker = Some(cx.waker().clone()),
-        }
+        keep_waker(&mut queue.waker, cx.waker());
         self.take_locked(&mut queue, into);
         drop(queue);
         if into.is_empty() {
@@ -167,6 +164,14 @@ impl Completions {
         } else {
             std::task::Poll::Ready(())
         }
+    }
+}
+
+/// Leaves `waker` in `slot` for the next hand-off to wake, cloning it only
+/// if the slot holds none or another task's (a hand-off takes it out).
+fn keep_waker(slot: &mut Option<std::task::Waker>, waker: &std::task::Waker) {
+    if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+        *slot = Some(waker.clone());
     }
 }
 

@@ -27,7 +27,7 @@ use futures::FutureExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{AttemptRunner, Finished};
+use super::{keep_waker, AttemptRunner, Finished};
 use crate::executor::attempt::{run_attempt, AttemptLimits};
 use crate::failure::Failure;
 use crate::runner::{Heartbeat, JobContext, RunContext, Runner};
@@ -166,10 +166,7 @@ impl Mailbox {
                 match slot.letter.take() {
                     Some(letter) => letter,
                     None => {
-                        match &slot.waker {
-                            Some(w) if w.will_wake(cx.waker()) => {}
-                            _ => slot.waker = Some(cx.waker().clone()),
-                        }
+                        keep_waker(&mut slot.waker, cx.waker());
                         return Poll::Pending;
                     }
                 }
