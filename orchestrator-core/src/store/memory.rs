@@ -13,6 +13,7 @@ use super::dead_letter::{
 use super::lease::{
     sort_claimable, CancelRequest, Claimable, Granted, Lease, LeaseRecord, LeaseStore,
 };
+use super::memory_journal::Journal;
 use super::{check_sequence, Cursor, JobPage, JobQuery, Store, StoreError};
 use crate::journal::{JobSummary, Progress, Record, Snapshot};
 use crate::time::{JobId, Timestamp};
@@ -311,64 +312,6 @@ impl DeadLetterStore for MemoryStore {
         }
         *stored = stored.resolved(resolution.clone());
         Ok(Resolve::Done(stored.clone()))
-    }
-}
-
-/// One job's records in fixed-size chunks: appending never reallocates or
-/// copies what is already stored, however long the journal grows.
-#[derive(Debug, Default)]
-struct Journal {
-    chunks: Vec<Vec<Record>>,
-    len: usize,
-}
-
-const CHUNK: usize = 4096;
-
-impl Journal {
-    fn from(records: &[Record]) -> Self {
-        let mut j = Self::default();
-        j.extend(records);
-        j
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn extend(&mut self, records: &[Record]) {
-        let mut rest = records;
-        while !rest.is_empty() {
-            if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
-                self.chunks.push(Vec::with_capacity(CHUNK));
-            }
-            let Some(chunk) = self.chunks.last_mut() else {
-                return;
-            };
-            let take = (CHUNK - chunk.len()).min(rest.len());
-            chunk.extend_from_slice(&rest[..take]);
-            rest = &rest[take..];
-            self.len += take;
-        }
-    }
-
-    fn get(&self, i: usize) -> Option<&Record> {
-        self.chunks.get(i / CHUNK)?.get(i % CHUNK)
-    }
-
-    /// Whether `records` are stored, identical, from position `start` on.
-    fn holds_at(&self, start: usize, records: &[Record]) -> bool {
-        start
-            .checked_add(records.len())
-            .is_some_and(|end| end <= self.len)
-            && records
-                .iter()
-                .enumerate()
-                .all(|(k, r)| self.get(start + k) == Some(r))
-    }
-
-    /// Clones of the records in positions `start..end`.
-    fn range(&self, start: usize, end: usize) -> Vec<Record> {
-        (start..end).filter_map(|i| self.get(i).cloned()).collect()
     }
 }
 

@@ -38,6 +38,7 @@ pub mod history;
 pub mod lease;
 mod memory;
 mod memory_history;
+mod memory_journal;
 pub mod policy;
 
 use std::collections::BTreeMap;
