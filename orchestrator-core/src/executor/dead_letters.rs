@@ -365,11 +365,11 @@ impl Executor {
         let records = self
             .journal_direct(&mut view, expected, events, now, fence)
             .await?;
-        let _ = shared.events.send(Arc::new(Batch {
+        shared.events.send(Batch {
             job: id.job.clone(),
             records,
             journaled: true,
-        }));
+        });
         Ok(Activation::new(view, dag, false, fence, policies))
     }
 
@@ -440,11 +440,11 @@ impl Executor {
             let _ = shared.store.release(&lease).await;
             match appended {
                 Ok(records) => {
-                    let _ = shared.events.send(Arc::new(Batch {
+                    shared.events.send(Batch {
                         job: id.job.clone(),
                         records,
                         journaled: true,
-                    }));
+                    });
                     break now;
                 }
                 // The job was activated or written meanwhile: try again.

@@ -47,6 +47,7 @@ mod timers;
 
 pub(crate) use scheduler::Completions;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -270,6 +271,56 @@ pub(crate) struct Batch {
 pub struct Subscription {
     rx: broadcast::Receiver<Arc<Batch>>,
     current: Option<(Arc<Batch>, usize)>,
+    /// Counts this subscription in [`Events`] while it lives.
+    _counted: Subscribed,
+}
+
+/// The executor's event feed: a broadcast channel, and a count of its
+/// subscriptions that the scheduler reads with one load before every
+/// publish (the channel's own count is behind its lock).
+#[derive(Debug)]
+pub(crate) struct Events {
+    tx: broadcast::Sender<Arc<Batch>>,
+    subscribers: Arc<AtomicUsize>,
+}
+
+impl Events {
+    fn new() -> Self {
+        Self {
+            tx: broadcast::channel(1024).0,
+            subscribers: Arc::default(),
+        }
+    }
+
+    fn subscribe(&self) -> Subscription {
+        self.subscribers.fetch_add(1, Ordering::Relaxed);
+        Subscription {
+            rx: self.tx.subscribe(),
+            current: None,
+            _counted: Subscribed(Arc::clone(&self.subscribers)),
+        }
+    }
+
+    /// Whether anyone listens: a batch sent now may still reach a
+    /// subscription taken meanwhile, or not, as with the channel's count.
+    pub(crate) fn has_subscribers(&self) -> bool {
+        self.subscribers.load(Ordering::Relaxed) > 0
+    }
+
+    /// Sends `batch` to every subscription (none is fine).
+    pub(crate) fn send(&self, batch: Batch) {
+        let _ = self.tx.send(Arc::new(batch));
+    }
+}
+
+/// A subscription's place in [`Events::subscribers`].
+#[derive(Debug)]
+struct Subscribed(Arc<AtomicUsize>);
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The subscriber fell behind and `0` batches of events were dropped for it.
@@ -327,7 +378,7 @@ pub struct ExecutorBuilder {
     policies: PolicyRegistry,
     config: ExecutorConfig,
     clock: Arc<dyn Clock>,
-    events: broadcast::Sender<Arc<Batch>>,
+    events: Events,
 }
 
 impl ExecutorBuilder {
@@ -336,10 +387,7 @@ impl ExecutorBuilder {
     /// [`ExecutorBuilder::start`], which a subscription taken from the
     /// started [`Executor`] could miss (e.g. for notification sinks).
     pub fn subscribe(&self) -> Subscription {
-        Subscription {
-            rx: self.events.subscribe(),
-            current: None,
-        }
+        self.events.subscribe()
     }
 
     /// Sets the runner registry (default: the built-ins).
@@ -443,7 +491,7 @@ pub(crate) struct Shared {
     pub(crate) policies: Arc<PolicyRegistry>,
     pub(crate) config: ExecutorConfig,
     pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) events: broadcast::Sender<Arc<Batch>>,
+    pub(crate) events: Events,
     /// The leases of the jobs this executor runs.
     pub(crate) leases: keeper::Held,
 }
@@ -491,11 +539,11 @@ impl Shared {
             at: self.clock.now(),
             event,
         };
-        let _ = self.events.send(Arc::new(Batch {
+        self.events.send(Batch {
             job: job.clone(),
             records: vec![record],
             journaled: false,
-        }));
+        });
     }
 
     /// The runner registry, for reading. A panic while it was held cannot
@@ -670,7 +718,7 @@ impl Executor {
             policies: PolicyRegistry::default(),
             config: ExecutorConfig::default(),
             clock: Arc::new(SystemClock),
-            events: broadcast::channel(1024).0,
+            events: Events::new(),
         }
     }
 
@@ -882,11 +930,11 @@ impl Executor {
                 Err(e) => return Err(e.into()),
             }
         }
-        let _ = shared.events.send(Arc::new(Batch {
+        shared.events.send(Batch {
             job: id.clone(),
             records,
             journaled: true,
-        }));
+        });
         // Run it here if there is room; otherwise it stays queued in the
         // store for whichever executor has room first.
         if shared.leases.len() < shared.config.lease.capacity {
@@ -1177,11 +1225,11 @@ impl Executor {
             let _ = shared.store.release(&lease).await;
             return Err(e.into());
         }
-        let _ = shared.events.send(Arc::new(Batch {
+        shared.events.send(Batch {
             job: id.clone(),
             records: vec![record],
             journaled: true,
-        }));
+        });
         shared.leases.hold(lease);
         self.command(Command::Activate(Box::new(Activation::new(
             view, dag, false, fence, policies,
@@ -1276,10 +1324,7 @@ impl Executor {
 
     /// A live feed of every event journaled from now on.
     pub fn subscribe(&self) -> Subscription {
-        Subscription {
-            rx: self.shared().events.subscribe(),
-            current: None,
-        }
+        self.shared().events.subscribe()
     }
 
     /// Stops the scheduler now, like dropping the last handle. Running
@@ -1318,5 +1363,41 @@ impl Executor {
     /// The leases this executor holds now.
     pub fn leases(&self) -> Vec<crate::store::Lease> {
         self.shared().leases.all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_feed_counts_its_live_subscriptions_and_delivers_to_them() {
+        let events = Events::new();
+        assert!(!events.has_subscribers());
+        let mut first = events.subscribe();
+        let second = events.subscribe();
+        assert!(events.has_subscribers());
+        drop(second);
+        assert!(events.has_subscribers());
+        let record = Record {
+            seq: 1,
+            at: crate::time::Timestamp(5),
+            event: Event::Queued,
+        };
+        events.send(Batch {
+            job: "job-1".parse().unwrap(),
+            records: vec![record.clone()],
+            journaled: true,
+        });
+        let got = first.recv().await.unwrap().unwrap();
+        assert_eq!(got.record, record);
+        drop(first);
+        assert!(!events.has_subscribers());
+        // Sending to nobody is fine.
+        events.send(Batch {
+            job: "job-1".parse().unwrap(),
+            records: vec![record],
+            journaled: true,
+        });
     }
 }

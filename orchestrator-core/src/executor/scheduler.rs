@@ -1978,12 +1978,12 @@ impl Scheduler {
         let Some(job) = self.jobs[slot].as_mut() else {
             return;
         };
-        if self.shared.events.receiver_count() > 0 {
-            let _ = self.shared.events.send(Arc::new(Batch {
+        if self.shared.events.has_subscribers() {
+            self.shared.events.send(Batch {
                 job: job.id().clone(),
                 records,
                 journaled: true,
-            }));
+            });
         } else if job.pending.is_empty() {
             // Reuse the buffer: steady-state journaling allocates nothing.
             records.clear();

@@ -237,7 +237,14 @@ mod tests {
     fn the_hot_kinds_are_inline_and_the_rest_aside() {
         let records = [
             record(1, 7, Event::NodeReady { node: 3 }),
-            record(2, 8, Event::NodeStarted { node: 3, attempt: 1 }),
+            record(
+                2,
+                8,
+                Event::NodeStarted {
+                    node: 3,
+                    attempt: 1,
+                },
+            ),
             record(
                 3,
                 9,
