@@ -23,7 +23,7 @@ use orchestrator_core::{
 const KIND: &str = "test";
 
 async fn executor(store: Arc<dyn Store>, runner: &ScriptedRunner) -> Executor {
-    let mut registry = Registry::new();
+    let mut registry = Registry::with_builtins();
     registry.register(KIND, runner.clone());
     Executor::builder(store)
         .registry(registry)
@@ -83,7 +83,9 @@ async fn outcomes_are_recorded_when_a_job_finishes() {
               {"id": "stable", "type": "test"},
               {"id": "flaky", "type": "test", "test_id": "suite::flaky"},
               {"id": "broken", "type": "test"},
-              {"id": "after", "type": "test", "depends_on": ["broken"]}]}}"#,
+              {"id": "after", "type": "test", "depends_on": ["broken"]},
+              {"id": "setup", "type": "noop"},
+              {"id": "probe", "type": "noop", "test_id": "suite::probe"}]}}"#,
     );
     let id = ex.submit(job, "alice").await.expect("submit");
     let status = ex.wait(&id).await.expect("wait");
@@ -107,6 +109,31 @@ async fn outcomes_are_recorded_when_a_job_finishes() {
         .await
         .expect("read")
         .is_empty());
+    // A built-in no-op is no test, unless it names one.
+    assert!(store
+        .test_history("ci/setup")
+        .await
+        .expect("read")
+        .is_empty());
+    let probe = store.test_history("suite::probe").await.expect("read");
+    assert_eq!((probe.len(), probe[0].passed), (1, true));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_without_tests_finishes_without_history() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let ex = executor(store.clone(), &ScriptedRunner::new()).await;
+    let job = spec(
+        r#"{"name": "plain", "dag_definition": {"nodes": [
+              {"id": "a", "type": "noop"},
+              {"id": "b", "type": "sleep", "params": {"duration": "1s"}, "depends_on": ["a"]}]}}"#,
+    );
+    let id = ex.submit(job, "alice").await.expect("submit");
+    let status = ex.wait(&id).await.expect("wait");
+    assert_eq!(status.state, JobState::Succeeded);
+    for key in ["plain/a", "plain/b"] {
+        assert!(store.test_history(key).await.expect("read").is_empty());
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -425,6 +425,8 @@ struct HotNode {
     /// Whether the node has a timeout or a heartbeat timeout (its attempts
     /// then read them from the spec).
     limited: bool,
+    /// Whether the node is a test, whose outcome goes into the history.
+    test: bool,
 }
 
 /// The node runs in no pool.
@@ -450,6 +452,9 @@ pub(crate) struct NodeScan {
     /// or compensation of their own: the only ones the per-node policy and
     /// rule tables need to look at.
     special: Vec<u32>,
+    /// How many nodes are tests: with none, the job records no history and
+    /// its end skips the pass over every node that would look for them.
+    tests: usize,
 }
 
 impl NodeScan {
@@ -465,6 +470,7 @@ impl NodeScan {
         let mut kinds: Vec<Box<str>> = Vec::new();
         let mut kind_index: HashMap<&str, u32> = HashMap::new();
         let mut last: Option<(&str, u32)> = None;
+        let mut tests = 0;
         let hot = spec
             .nodes()
             .iter()
@@ -490,6 +496,8 @@ impl NodeScan {
                 {
                     special.push(i as u32);
                 }
+                let test = is_test(n);
+                tests += usize::from(test);
                 HotNode {
                     priority: n.priority,
                     critical: dag.critical_path_len(i as u32),
@@ -501,6 +509,7 @@ impl NodeScan {
                     runner,
                     trigger: n.trigger,
                     limited: n.timeout.is_some() || n.heartbeat_timeout.is_some(),
+                    test,
                 }
             })
             .collect();
@@ -508,6 +517,7 @@ impl NodeScan {
             hot,
             kinds,
             special,
+            tests,
         }
     }
 }
@@ -1315,6 +1325,7 @@ impl Scheduler {
             hot,
             kinds,
             special,
+            tests,
         } = scan;
         let node_policies = special
             .iter()
@@ -1410,7 +1421,7 @@ impl Scheduler {
             timeout_at: None,
             stuck: None,
             finishing: false,
-            history_recorded: self.shared.config.flaky.keep == 0,
+            history_recorded: self.shared.config.flaky.keep == 0 || tests == 0,
             cancel_waiters: Vec::new(),
             last_snapshot: durable,
             waiters: Vec::new(),
@@ -2157,7 +2168,7 @@ impl Scheduler {
         // A compact copy of what the outcomes need (a few bytes a node);
         // the outcomes themselves are built a chunk at a time in the task,
         // so a million-node job never holds a million of them at once.
-        let ran = ran_nodes(&job.view);
+        let ran = ran_nodes(&job.view, &job.hot);
         let view = OutcomeSource {
             header: Arc::clone(&job.view.header),
             updated_at: job.view.updated_at,
@@ -2564,17 +2575,21 @@ struct Ran {
 /// still records them.
 const NOT_TESTS: [&str; 2] = ["noop", "sleep"];
 
+/// Whether `node`'s outcomes are test history.
+fn is_test(node: &crate::spec::NodeSpec) -> bool {
+    node.test_id.is_some() || !NOT_TESTS.contains(&node.kind.as_str())
+}
+
 /// Every test node of `view` that ran to a result of its own in this run
 /// (succeeded, failed or timed out after at least one attempt;
-/// carried-over nodes did not run).
-fn ran_nodes(view: &JobView) -> Vec<Ran> {
-    let specs = view.spec().nodes();
+/// carried-over nodes did not run). Which nodes are tests comes from
+/// `hot`, not from the specs, which on a large job no cache holds.
+fn ran_nodes(view: &JobView, hot: &[HotNode]) -> Vec<Ran> {
     view.nodes
         .iter()
         .enumerate()
         .filter(|&(i, n)| {
-            let spec = &specs[i];
-            (spec.test_id.is_some() || !NOT_TESTS.contains(&spec.kind.as_str()))
+            hot[i].test
                 && n.machine.attempts > 0
                 && matches!(
                     n.state(),
