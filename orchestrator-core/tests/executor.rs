@@ -913,3 +913,19 @@ async fn a_submit_whose_create_fails_or_loses_its_reply_is_retried() {
     );
     assert_eq!(probe.runs_of("b"), 0);
 }
+
+/// More commands than the scheduler folds into one iteration, all sent
+/// before it runs: the ones left on the channel must be taken in the
+/// iterations after, without waiting for another command, an attempt or
+/// the keeper's next ping (the heartbeat is 5 s; the deadline is 1 s of
+/// paused time, reached only if every task is idle with replies owed).
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_commands_is_answered_without_another_wake_up() {
+    let ex = executor(&Probe::default()).await;
+    let calls = (0..10_000).map(|_| ex.active_jobs());
+    let answers = tokio::time::timeout(Duration::from_secs(1), futures::future::join_all(calls))
+        .await
+        .expect("every command is answered");
+    assert_eq!(answers.len(), 10_000);
+    assert!(answers.iter().all(|a| a.as_ref().is_ok_and(Vec::is_empty)));
+}

@@ -40,9 +40,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use super::{Activation, Batch, Command, Executor, ExecutorError, Shared};
+use super::{Activation, Batch, Command, Executor, ExecutorError, Shared, WeakCommandTx};
 use crate::dag::Dag;
 use crate::failure::FailureClass;
 use crate::journal::{Event, JobView, Record};
@@ -111,7 +111,7 @@ pub(super) fn reason(
 pub(super) fn spawn_write(
     shared: Arc<Shared>,
     job: JobId,
-    done: mpsc::WeakUnboundedSender<Command>,
+    done: WeakCommandTx,
     slot: usize,
     gen: u64,
 ) {

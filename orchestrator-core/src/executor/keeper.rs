@@ -29,11 +29,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rand::Rng as _;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Activation, Command, ExecutorError, Shared};
+use super::{Activation, Command, CommandTx, ExecutorError, Shared, WeakCommandTx};
 use crate::dag::Dag;
 use crate::store::lease::{CancelRequest, Granted, Lease};
 use crate::store::{StoreError, StoreExt};
@@ -165,7 +165,7 @@ impl Held {
 /// `Ok(false)` when someone else holds it or it is finished.
 pub(crate) async fn claim_and_activate(
     shared: &Shared,
-    tx: &mpsc::UnboundedSender<Command>,
+    tx: &CommandTx,
     job: &JobId,
     force: bool,
 ) -> Result<bool, ExecutorError> {
@@ -194,7 +194,7 @@ pub(crate) async fn claim_and_activate(
 /// `Ok(false)` (releasing the lease) when the job turns out finished.
 pub(crate) async fn activate_granted(
     shared: &Shared,
-    tx: &mpsc::UnboundedSender<Command>,
+    tx: &CommandTx,
     granted: &Granted,
     recovering: bool,
 ) -> Result<bool, ExecutorError> {
@@ -229,7 +229,7 @@ pub(crate) async fn activate_granted(
 
 /// Passes a stored cancel request to the scheduler (which ignores it for a
 /// job already cancelling or finished).
-fn cancel(tx: &mpsc::UnboundedSender<Command>, job: &JobId, request: &CancelRequest) {
+fn cancel(tx: &CommandTx, job: &JobId, request: &CancelRequest) {
     let (reply, _) = oneshot::channel();
     let _ = tx.send(Command::Cancel {
         job: job.clone(),
@@ -241,7 +241,7 @@ fn cancel(tx: &mpsc::UnboundedSender<Command>, job: &JobId, request: &CancelRequ
 /// The keeper task (see the module docs). `claim` says whether it takes
 /// queued and orphaned jobs ([`super::Recovery::All`]) or only keeps what
 /// the executor has.
-pub(crate) async fn run(shared: Arc<Shared>, tx: mpsc::WeakUnboundedSender<Command>, claim: bool) {
+pub(crate) async fn run(shared: Arc<Shared>, tx: WeakCommandTx, claim: bool) {
     let heartbeat = shared
         .config
         .lease
@@ -295,7 +295,7 @@ impl Liveness {
 
     /// Sends the next ping (and with it the sweep of every job), unless the
     /// last one is unanswered.
-    fn ping(&mut self, tx: &mpsc::UnboundedSender<Command>) {
+    fn ping(&mut self, tx: &CommandTx) {
         if !self.waiting {
             let (reply, rx) = oneshot::channel();
             self.waiting = true;
@@ -309,7 +309,7 @@ impl Liveness {
     /// not answered one for longer than the stall timeout. Then every job
     /// still held is handed off (see [`hand_off`]), now and at every tick
     /// until it answers again.
-    fn wedged(&mut self, shared: &Shared, tx: &mpsc::UnboundedSender<Command>) -> bool {
+    fn wedged(&mut self, shared: &Shared, tx: &CommandTx) -> bool {
         if let Some(reply) = &mut self.reply {
             match reply.try_recv() {
                 Ok(at) => {
@@ -347,7 +347,7 @@ impl Liveness {
 /// the record), forgets its lease, has the scheduler drop it when it wakes
 /// up, stops its attempts, and releases the lease once the attempts had the
 /// cancel grace to stop.
-fn hand_off(shared: &Shared, tx: &mpsc::UnboundedSender<Command>, silent: std::time::Duration) {
+fn hand_off(shared: &Shared, tx: &CommandTx, silent: std::time::Duration) {
     let mut released = Vec::new();
     for (job, holding) in shared.leases.drain() {
         let silent_ms = silent.as_millis() as u64;
@@ -393,7 +393,7 @@ fn hand_off(shared: &Shared, tx: &mpsc::UnboundedSender<Command>, silent: std::t
 }
 
 /// Renews every held lease; drops the jobs whose lease is gone.
-async fn renew(shared: &Shared, tx: &mpsc::UnboundedSender<Command>) {
+async fn renew(shared: &Shared, tx: &CommandTx) {
     let held = shared.leases.all();
     if held.is_empty() {
         return;
@@ -435,7 +435,7 @@ async fn renew(shared: &Shared, tx: &mpsc::UnboundedSender<Command>) {
 }
 
 /// Claims queued and orphaned jobs up to the executor's capacity.
-async fn claim_orphans(shared: &Shared, tx: &mpsc::UnboundedSender<Command>) {
+async fn claim_orphans(shared: &Shared, tx: &CommandTx) {
     let free = shared
         .config
         .lease

@@ -45,13 +45,13 @@ mod scheduler;
 mod status;
 mod timers;
 
-pub(crate) use scheduler::Completions;
+pub(crate) use scheduler::{CommandTx, Completions, WeakCommandTx};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 
 use crate::dag::Dag;
 use crate::flaky::FlakyConfig;
@@ -453,7 +453,7 @@ impl ExecutorBuilder {
             events: self.events,
             leases: keeper::Held::default(),
         });
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = scheduler::CommandTx::channel(Arc::default());
         let task =
             tokio::spawn(scheduler::Scheduler::new(shared.clone(), rx, tx.downgrade()).run());
         let keeper = tokio::spawn(keeper::run(shared.clone(), tx.downgrade(), claim_others));
@@ -667,7 +667,7 @@ pub struct BreakerStatus {
 
 struct Handle {
     shared: Arc<Shared>,
-    tx: mpsc::UnboundedSender<Command>,
+    tx: scheduler::CommandTx,
     task: tokio::task::JoinHandle<()>,
     keeper: tokio::task::JoinHandle<()>,
     recovery_failures: Vec<RecoveryFailure>,

@@ -1,8 +1,9 @@
 //! The scheduler task: one owner for every active job's state.
 //!
 //! Each loop iteration (1) waits for a command, a finished attempt or a
-//! timer, (2) drains whatever else is already waiting, folding each fact into
-//! its job through the state machines and queueing the resulting records,
+//! timer (a command rings the completion queue, so that is one waker), (2)
+//! drains whatever else is already waiting, folding each fact into its job
+//! through the state machines and queueing the resulting records,
 //! (3) dispatches ready nodes under the global, per-job and per-pool limits,
 //! and (4) flushes: appends each touched job's records in one call, all jobs
 //! concurrently, and only then performs the "post-durable" effects (starting
@@ -87,6 +88,59 @@ pub(crate) struct Completions {
     queued: std::sync::atomic::AtomicBool,
 }
 
+/// The sending side of the scheduler's command channel. Every send also
+/// rings the [`Completions`] queue, so the scheduler waits on that one
+/// waker: registering with the channel's receiver as well cost two atomic
+/// operations on every iteration, commands or not (on a chain, every
+/// node), for commands that are rare next to finished attempts.
+#[derive(Clone)]
+pub(crate) struct CommandTx {
+    tx: mpsc::UnboundedSender<Command>,
+    bell: Arc<Completions>,
+}
+
+impl CommandTx {
+    /// A channel whose sends ring `bell`.
+    pub(crate) fn channel(bell: Arc<Completions>) -> (Self, mpsc::UnboundedReceiver<Command>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self { tx, bell }, rx)
+    }
+
+    /// Sends `cmd`, unless the scheduler is gone.
+    pub(crate) fn send(&self, cmd: Command) -> Result<(), mpsc::error::SendError<Command>> {
+        self.tx.send(cmd)?;
+        self.bell.ring();
+        Ok(())
+    }
+
+    /// A sender that does not keep the channel open.
+    pub(crate) fn downgrade(&self) -> WeakCommandTx {
+        WeakCommandTx {
+            tx: self.tx.downgrade(),
+            bell: Arc::clone(&self.bell),
+        }
+    }
+}
+
+/// A [`CommandTx`] that does not keep the channel open: the scheduler's
+/// own background work and the keeper hold these, so that the channel
+/// closes when the last executor handle is dropped.
+#[derive(Clone)]
+pub(crate) struct WeakCommandTx {
+    tx: mpsc::WeakUnboundedSender<Command>,
+    bell: Arc<Completions>,
+}
+
+impl WeakCommandTx {
+    /// The sender, while the channel is open.
+    pub(crate) fn upgrade(&self) -> Option<CommandTx> {
+        Some(CommandTx {
+            tx: self.tx.upgrade()?,
+            bell: Arc::clone(&self.bell),
+        })
+    }
+}
+
 /// The reports, and the scheduler's waker, under one lock: a report and
 /// the registration it must see are ordered by the lock itself, so neither
 /// side needs the atomic handshake of an `AtomicWaker` on top of it (on a
@@ -94,6 +148,8 @@ pub(crate) struct Completions {
 #[derive(Default)]
 struct Queue {
     finished: Vec<Finished>,
+    /// A command was sent since the scheduler last looked.
+    rung: bool,
     waker: Option<std::task::Waker>,
 }
 
@@ -106,9 +162,25 @@ impl Completions {
     }
 
     fn push(&self, finished: Finished) {
+        self.wake_after(|queue| queue.finished.push(finished));
+    }
+
+    /// Tells the scheduler a command waits on its channel.
+    fn ring(&self) {
+        self.wake_after(|queue| queue.rung = true);
+    }
+
+    /// Makes the scheduler's next wait end at once: commands are left on
+    /// the channel (the scheduler is the caller, so no wake-up).
+    fn ring_again(&self) {
+        self.lock().rung = true;
+    }
+
+    /// Changes the queue with `change`, then wakes the scheduler.
+    fn wake_after(&self, change: impl FnOnce(&mut Queue)) {
         let waker = {
             let mut queue = self.lock();
-            queue.finished.push(finished);
+            change(&mut queue);
             queue.waker.take()
         };
         // After the push: a take that sees the flag finds what was pushed.
@@ -147,9 +219,10 @@ impl Completions {
         }
     }
 
-    /// Ready once something was moved into `into`. Registers the waker
-    /// either way: the scheduler may next wait without looking here (its
-    /// yield before waiting), and the next report must still wake it.
+    /// Ready once something was moved into `into`, or a command was sent.
+    /// Registers the waker either way: the scheduler may next wait without
+    /// looking here (its yield before waiting), and the next report must
+    /// still wake it.
     fn poll_take(
         &self,
         cx: &mut std::task::Context<'_>,
@@ -157,9 +230,12 @@ impl Completions {
     ) -> std::task::Poll<()> {
         let mut queue = self.lock();
         keep_waker(&mut queue.waker, cx.waker());
+        // Cleared only here, where the scheduler then drains the channel:
+        // a command sent after that drain rings again.
+        let rung = std::mem::take(&mut queue.rung);
         self.take_locked(&mut queue, into);
         drop(queue);
-        if into.is_empty() {
+        if into.is_empty() && !rung {
             std::task::Poll::Pending
         } else {
             std::task::Poll::Ready(())
@@ -1001,7 +1077,7 @@ pub(crate) struct Scheduler {
     /// writes) to report back on the command channel: a weak sender, so
     /// the channel still closes when the last executor handle is dropped.
     /// (Attempts report through [`Completions`].)
-    done_tx: mpsc::WeakUnboundedSender<Command>,
+    done_tx: WeakCommandTx,
     /// Where attempts report, and what was taken from there but not yet
     /// folded in.
     completions: Arc<Completions>,
@@ -1032,10 +1108,9 @@ pub(crate) struct Scheduler {
 }
 
 enum Wake {
-    Command(Command),
-    /// Attempts finished (they are in [`Scheduler::finished`]).
-    Finished,
-    Closed,
+    /// Attempts finished (they are in [`Scheduler::finished`]), or
+    /// commands wait on the channel, or both.
+    Inbox,
     Timer(Timer),
 }
 
@@ -1043,7 +1118,7 @@ impl Scheduler {
     pub(crate) fn new(
         shared: Arc<Shared>,
         rx: mpsc::UnboundedReceiver<Command>,
-        done_tx: mpsc::WeakUnboundedSender<Command>,
+        done_tx: WeakCommandTx,
     ) -> Self {
         let default_policy = RetrySpec::default()
             .compile(&shared.config.retry, &shared.policies)
@@ -1056,8 +1131,8 @@ impl Scheduler {
             by_id: HashMap::new(),
             next_gen: 1,
             turn: 0,
+            completions: Arc::clone(&done_tx.bell),
             done_tx,
-            completions: Arc::default(),
             finished: Vec::new(),
             crew: Crew::default(),
             now: Timestamp::default(),
@@ -1091,11 +1166,10 @@ impl Scheduler {
             }
             let wake = tokio::select! {
                 biased;
-                cmd = self.rx.recv() => cmd.map_or(Wake::Closed, Wake::Command),
-                () = poll_fn(|cx| self.completions.poll_take(cx, &mut self.finished)) => Wake::Finished,
+                () = poll_fn(|cx| self.completions.poll_take(cx, &mut self.finished)) => Wake::Inbox,
                 t = poll_fn(|cx| self.timers.poll_due(cx)), if !self.timers.is_empty() => Wake::Timer(t),
             };
-            if matches!(wake, Wake::Finished) && self.running > 1 {
+            if !self.finished.is_empty() && self.running > 1 {
                 // Other attempts are in flight: let those already runnable
                 // on this thread finish first (a yielded task runs again
                 // only once the thread's queue is empty), so their
@@ -1105,17 +1179,22 @@ impl Scheduler {
             }
             self.now = self.shared.clock.now();
             self.now_stale = false;
-            match wake {
-                Wake::Closed => return,
-                Wake::Command(c) => self.command(c),
-                Wake::Finished => self.joined_all(),
-                Wake::Timer(t) => self.timer(t),
+            if let Wake::Timer(t) = wake {
+                self.timer(t);
             }
-            for _ in 0..MAX_DRAIN {
+            let mut drained = 0;
+            while drained < MAX_DRAIN {
                 match self.rx.try_recv() {
                     Ok(c) => self.command(c),
-                    Err(_) => break,
+                    // The last executor handle is gone (which aborts this
+                    // task anyway).
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
                 }
+                drained += 1;
+            }
+            if drained == MAX_DRAIN {
+                self.completions.ring_again();
             }
             self.completions.take(&mut self.finished);
             self.joined_all();
